@@ -1,0 +1,355 @@
+"""Read a pipeline file, validate it in two phases, and return it typed.
+
+Phase one checks the envelope against ``schemas/pipeline.schema.json``; phase two checks each
+source and destination block against its adapter's own schema, each sync's per-adapter options,
+its mapping (files resolved, every template compiled and the names it uses checked) and its
+references. Every problem is collected and raised together as :class:`PipelineInvalid`, each
+located as ``file:line:col: yaml.path: message``. Nothing is opened or run here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from engine.errors import PipelineInvalid, Problem
+from engine.mapping import FieldTemplate
+from engine.registry import REGISTRY, AdapterSpec, Registry, Role
+from engine.schema_errors import did_you_mean, validate_block
+from engine.templating import CONTEXT_NAMES, check_template, env_names, is_template, looks_secret, make_environment
+from engine.typed_config import build
+from engine.yaml_source import Located, YamlPath, format_path, load_located
+
+DEFAULT_STATE = ".syncengine/state.db"
+CONFIG_NAMES = ("vars", "env")
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """A JSON Schema shipped in ``schemas/``."""
+    text = resources.files("engine.schemas").joinpath(name).read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def shipped_mappings() -> Path:
+    """The folder of mapping files shipped with the package."""
+    return Path(str(resources.files("engine.mappings")))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A configured source or destination: its adapter and typed (still templated) config."""
+
+    name: str
+    role: Role
+    spec: AdapterSpec
+    config: Any
+    location: str
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """One sync, validated and typed."""
+
+    name: str
+    source: str
+    source_options: Any
+    destination: str
+    destination_options: Any
+    key_fields: tuple[str, ...]
+    key_template: tuple[str, str] | None
+    mode: str
+    scope: str
+    fields: tuple[FieldTemplate, ...] | None
+    filter_template: tuple[str, str] | None
+    batch_size: int
+    max_delete_share: float
+    enabled: bool
+    location: str
+
+    @property
+    def deletes_from_snapshot(self) -> bool:
+        """Whether keys missing from the source are deleted at the destination."""
+        return self.mode == "mirror" and self.scope == "snapshot"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A validated pipeline."""
+
+    path: Path
+    name: str
+    base_dir: Path
+    vars: dict[str, Any]
+    state_path: Path
+    sources: dict[str, Endpoint]
+    destinations: dict[str, Endpoint]
+    syncs: dict[str, SyncSpec]
+    secret_env: frozenset[str] = field(default_factory=frozenset)
+
+
+class _Checker:
+    """Collects problems while it builds the typed pipeline."""
+
+    def __init__(self, located: Located, base_dir: Path, registry: Registry) -> None:
+        self.located = located
+        self.base_dir = base_dir
+        self.registry = registry
+        self.problems: list[Problem] = []
+        self.env = make_environment(base_dir)
+        self.vars: dict[str, Any] = {}
+        self.secret_env: set[str] = set()
+
+    def at(self, path: YamlPath, located: Located | None = None) -> str:
+        loc = located or self.located
+        line, _ = loc.where(path)
+        return f"{loc.file}:{line}"
+
+    def template(self, source: str, path: YamlPath, names: tuple[str, ...],
+                 located: Located | None = None) -> bool:
+        loc = located or self.located
+        ast, problems = check_template(self.env, source, names=names, variables=self.vars)
+        line, col = loc.where(path)
+        for t_line, message in problems:
+            self.problems.append(Problem(loc.file, line + t_line - 1, col if t_line == 1 else 1,
+                                         format_path(path), message))
+        if ast is not None:
+            for name in env_names(ast):
+                if looks_secret(name):
+                    self.secret_env.add(name)
+        return ast is not None and not problems
+
+    # --- sources and destinations -------------------------------------------------------------
+
+    def endpoint(self, role: str, name: str, block: Any) -> Endpoint | None:
+        path: YamlPath = (f"{role}s", name)
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            return None
+        kind = block["type"]
+        roles: tuple[Role, ...] = ("source", "receiver") if role == "source" else ("destination",)
+        spec = next((s for r in roles if (s := self.registry.get(r, kind)) is not None), None)
+        if spec is None:
+            names = sorted({n for r in roles for n in self.registry.names(r)})
+            self.problems.append(self.located.problem(
+                (*path, "type"), f"unknown {role} adapter '{kind}'" + did_you_mean(kind, names)
+                + f"; known: {', '.join(names)}"))
+            return None
+        schema = spec.config_schema
+        schema = {**schema, "properties": {"type": {"const": kind}, **schema["properties"]}}
+        before = len(self.problems)
+        self.problems.extend(validate_block(schema, block, self.located, path))
+        for key in spec.secrets:
+            value = block.get(key)
+            if isinstance(value, str) and not is_template(value):
+                self.problems.append(self.located.problem(
+                    (*path, key), "a secret must not be written in the pipeline; use "
+                    "\"{{ env.NAME }}\" or \"{{ secret_file('path') }}\""))
+            elif isinstance(value, str):
+                ast, _ = check_template(self.env, value, names=CONFIG_NAMES, variables=self.vars)
+                if ast is not None:
+                    self.secret_env.update(env_names(ast))
+        for key, value in block.items():
+            if isinstance(value, str) and is_template(value):
+                self.template(value, (*path, key), CONFIG_NAMES)
+        if len(self.problems) > before:
+            return None
+        config = build(spec.config_type, {k: v for k, v in block.items() if k != "type"})
+        return Endpoint(name, spec.role, spec, config, self.at(path))
+
+    # --- syncs --------------------------------------------------------------------------------
+
+    def reference(self, sync_path: YamlPath, which: str, value: Any,
+                  endpoints: dict[str, Endpoint], declared: dict[str, Any]) -> tuple[str, Any] | None:
+        path = (*sync_path, which)
+        if isinstance(value, str):
+            name, options, opt_path = value, {}, path
+        elif isinstance(value, dict) and isinstance(value.get("name"), str):
+            name, options, opt_path = value["name"], {k: v for k, v in value.items() if k != "name"}, path
+        else:
+            return None
+        if name not in declared:
+            self.problems.append(self.located.problem(
+                path if isinstance(value, str) else (*path, "name"),
+                f"unknown {which} '{name}'" + did_you_mean(name, list(declared))
+                + (f"; declared: {', '.join(declared)}" if declared else f"; no {which}s are declared")))
+            return None
+        endpoint = endpoints.get(name)
+        if endpoint is None:
+            return None
+        schema = endpoint.spec.options_schema
+        schema = {**schema, "properties": {"name": {"type": "string"}, **schema["properties"]}}
+        before = len(self.problems)
+        self.problems.extend(validate_block(schema, value if isinstance(value, dict) else {"name": name},
+                                            self.located, opt_path))
+        for key, option in options.items():
+            if isinstance(option, str) and is_template(option):
+                self.template(option, (*path, key), ("vars", "env", "run"))
+        if len(self.problems) > before:
+            return None
+        return name, build(endpoint.spec.options_type, options)
+
+    def resolve_mapping_file(self, ref: str, path: YamlPath) -> Path | None:
+        for candidate in (self.base_dir / ref, self.base_dir / "mappings" / ref, shipped_mappings() / ref):
+            if candidate.is_file():
+                return candidate
+        self.problems.append(self.located.problem(
+            path, f"mapping file '{ref}' not found beside the pipeline, in its mappings/ folder, "
+                  "or among the shipped mappings"))
+        return None
+
+    def mapping(self, sync_path: YamlPath, spec: Any) -> tuple[list[FieldTemplate] | None, Any, Any, bool]:
+        """(fields, filter (source, location), default key, ok) of a sync's mapping."""
+        fields: dict[str, tuple[Any, YamlPath, Located]] = {}
+        filter_template: tuple[str, str] | None = None
+        default_key: Any = None
+        ok = True
+        file_ref = spec if isinstance(spec, str) else spec.get("file") if isinstance(spec, dict) else None
+        if spec is None:
+            return None, None, None, True
+        if file_ref is not None:
+            ref_path = (*sync_path, "mapping") if isinstance(spec, str) else (*sync_path, "mapping", "file")
+            found = self.resolve_mapping_file(file_ref, ref_path)
+            if found is None:
+                return None, None, None, False
+            try:
+                shown = str(found.relative_to(Path.cwd())) if found.is_relative_to(Path.cwd()) else str(found)
+                mloc = load_located(found, shown)
+            except PipelineInvalid as exc:
+                self.problems.extend(exc.problems)
+                return None, None, None, False
+            before = len(self.problems)
+            self.problems.extend(validate_block(load_schema("mapping.schema.json"), mloc.data, mloc))
+            if len(self.problems) > before:
+                return None, None, None, False
+            for name, value in mloc.data["fields"].items():
+                fields[name] = (value, ("fields", name), mloc)
+            if "filter" in mloc.data:
+                src = mloc.data["filter"]
+                if self.template(src, ("filter",), ("record", "vars", "env", "run"), mloc):
+                    filter_template = (src, self.at(("filter",), mloc))
+                else:
+                    ok = False
+            default_key = mloc.data.get("key")
+        if isinstance(spec, dict):
+            for name, value in (spec.get("fields") or {}).items():
+                if value is None:
+                    fields.pop(name, None)
+                else:
+                    fields[name] = (value, (*sync_path, "mapping", "fields", name), self.located)
+            if "filter" in spec:
+                src = spec["filter"]
+                path = (*sync_path, "mapping", "filter")
+                if self.template(src, path, CONTEXT_NAMES):
+                    filter_template = (src, self.at(path))
+                else:
+                    ok = False
+        if not fields:
+            self.problems.append(self.located.problem((*sync_path, "mapping"), "the mapping has no fields"))
+            return None, None, None, False
+        leaves: list[FieldTemplate] = []
+        for name, (value, path, loc) in fields.items():
+            ok = self._leaves((name,), value, path, loc, leaves) and ok
+        return leaves, filter_template, default_key, ok
+
+    def _leaves(self, out_path: tuple[str | int, ...], value: Any, path: YamlPath, loc: Located,
+                leaves: list[FieldTemplate]) -> bool:
+        if isinstance(value, dict):
+            if not value:
+                leaves.append(FieldTemplate(out_path, {}, self.at(path, loc), False))
+                return True
+            return all([self._leaves((*out_path, k), v, (*path, k), loc, leaves) for k, v in value.items()])
+        if isinstance(value, list):
+            if not value:
+                leaves.append(FieldTemplate(out_path, [], self.at(path, loc), False))
+                return True
+            return all([self._leaves((*out_path, i), v, (*path, i), loc, leaves) for i, v in enumerate(value)])
+        if is_template(value):
+            good = self.template(value, path, CONTEXT_NAMES, loc)
+            leaves.append(FieldTemplate(out_path, value, self.at(path, loc), True))
+            return good
+        leaves.append(FieldTemplate(out_path, value, self.at(path, loc), False))
+        return True
+
+    def sync(self, name: str, block: Any, sources: dict[str, Endpoint], destinations: dict[str, Endpoint],
+             declared_sources: dict[str, Any], declared_destinations: dict[str, Any]) -> SyncSpec | None:
+        path: YamlPath = ("syncs", name)
+        if not isinstance(block, dict):
+            return None
+        src = self.reference(path, "source", block.get("source"), sources, declared_sources)
+        dst = self.reference(path, "destination", block.get("destination"), destinations, declared_destinations)
+        fields, filter_template, default_key, mapping_ok = self.mapping(path, block.get("mapping"))
+        if "filter" in block:
+            if self.template(block["filter"], (*path, "filter"), CONTEXT_NAMES):
+                filter_template = (block["filter"], self.at((*path, "filter")))
+            else:
+                mapping_ok = False
+        key = block.get("key", default_key)
+        key_fields: tuple[str, ...] = ()
+        key_template: tuple[str, str] | None = None
+        key_path = (*path, "key")
+        if key is None:
+            self.problems.append(self.located.problem(
+                path, "missing required key 'key' (the record key: an output field, a list of them, "
+                      "or a template); it may also come from the mapping file"))
+            return None
+        if isinstance(key, str) and is_template(key):
+            if self.template(key, key_path, CONTEXT_NAMES):
+                key_template = (key, self.at(key_path))
+            else:
+                mapping_ok = False
+        elif isinstance(key, (str, list)):
+            key_fields = (key,) if isinstance(key, str) else tuple(key)
+            if fields is not None:
+                outputs = list(dict.fromkeys(str(f.path[0]) for f in fields))
+                for i, k in enumerate(key_fields):
+                    if k not in outputs:
+                        at = key_path if isinstance(key, str) else (*key_path, i)
+                        self.problems.append(self.located.problem(
+                            at, f"key field '{k}' is not an output field of the mapping" + did_you_mean(k, outputs)))
+                        mapping_ok = False
+        mode = block.get("mode", "upsert")
+        scope = block.get("scope", "snapshot")
+        if src is None or dst is None or not mapping_ok:
+            return None
+        return SyncSpec(
+            name=name, source=src[0], source_options=src[1], destination=dst[0], destination_options=dst[1],
+            key_fields=key_fields, key_template=key_template, mode=mode, scope=scope,
+            fields=tuple(fields) if fields is not None else None, filter_template=filter_template,
+            batch_size=int(block.get("batch_size", 5000)),
+            max_delete_share=float(block.get("max_delete_share", 0.5)),
+            enabled=bool(block.get("enabled", True)), location=self.at(path))
+
+
+def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: str | None = None) -> Pipeline:
+    """Validate a pipeline file and return it typed; raise :class:`PipelineInvalid` with every problem."""
+    file = Path(path)
+    if not file.is_file():
+        raise PipelineInvalid([Problem(display or str(path), 1, 1, "", "no such pipeline file")])
+    located = load_located(file, display or str(path))
+    base_dir = file.resolve().parent
+    checker = _Checker(located, base_dir, registry)
+    data = located.data
+    if not isinstance(data, dict):
+        raise PipelineInvalid([located.problem((), "a pipeline must be a mapping of keys to values")])
+    checker.problems.extend(validate_block(load_schema("pipeline.schema.json"), data, located))
+    checker.vars = data.get("vars") if isinstance(data.get("vars"), dict) else {}
+
+    def section(name: str) -> dict[str, Any]:
+        value = data.get(name)
+        return value if isinstance(value, dict) else {}
+
+    sources = {n: e for n, b in section("sources").items() if (e := checker.endpoint("source", n, b))}
+    destinations = {n: e for n, b in section("destinations").items()
+                    if (e := checker.endpoint("destination", n, b))}
+    syncs = {n: s for n, b in section("syncs").items()
+             if (s := checker.sync(n, b, sources, destinations, section("sources"), section("destinations")))}
+    if checker.problems:
+        raise PipelineInvalid(checker.problems)
+    state = data.get("state") or {}
+    return Pipeline(
+        path=file, name=data.get("name") or file.stem, base_dir=base_dir, vars=checker.vars,
+        state_path=base_dir / state.get("path", DEFAULT_STATE), sources=sources, destinations=destinations,
+        syncs=syncs, secret_env=frozenset(checker.secret_env))

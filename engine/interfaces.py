@@ -1,0 +1,158 @@
+"""The contracts between the engine and its adapters.
+
+A pipeline names sources and destinations; each becomes one adapter instance (one connection,
+shared by every sync that uses it). Each sync then opens a *stream* on its source and on its
+destination with the sync's own options:
+
+    Source.open_stream(options, ctx)       -> SourceStream        pull: read(cursor), acknowledge, finish
+    Destination.open_stream(options, ctx)  -> DestinationStream   write(changes) -> outcomes, finish
+    PushSource.serve(deliver, stop)                               push: records arrive as they come
+
+These fit the five systems the engine speaks to: a cursor for windowed or incremental pulls
+(SQL cursor columns, SOAP ``AddedDate``, paged REST); ``acknowledge`` for sources that must be
+told what was delivered (export validation, archiving a processed file); per-record or atomic
+batch writes that return the destination's id of each record; and push receivers
+(form-encoded live posts, connector callbacks).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+CREATE = "create"
+UPDATE = "update"
+DELETE = "delete"
+ACTIONS = (CREATE, UPDATE, DELETE)
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What a template may know about the run: ``run.id``, ``run.started_at``, ``run.watermark``."""
+
+    id: str
+    started_at: datetime
+    watermark: str | None = None
+
+
+@dataclass(frozen=True)
+class StreamContext:
+    """What a stream knows about the sync it serves."""
+
+    pipeline: str
+    sync: str
+    base_dir: Path
+    key_fields: tuple[str, ...]
+    fields: tuple[str, ...] | None
+    run: RunInfo
+    log: logging.Logger
+
+
+@dataclass(slots=True)
+class Change:
+    """One change for a destination: ``values`` is the mapped record (``None`` for a delete)."""
+
+    action: str
+    key: str
+    values: dict[str, Any] | None
+    remote_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The destination's answer for one change."""
+
+    ok: bool
+    remote_id: str | None = None
+    error: str | None = None
+    field: str | None = None
+
+
+OK = Outcome(True)
+
+
+class SourceStream(Protocol):
+    """One sync's view of a pull source.
+
+    ``read`` yields plain ``dict`` records. With a ``cursor`` (the value ``finish`` returned after
+    the last good run, or ``--since``), it yields only records changed at or after it; a source
+    without a notion of change ignores it. ``acknowledge`` is called with the records whose outcome
+    is durable in the state store (written, unchanged, or filtered out), never with failed ones.
+    ``finish`` is called once after every record was acknowledged and returns the cursor the next
+    run starts from (``None`` when the source has none); it is not called on a failed run or a plan.
+    """
+
+    def read(self, cursor: str | None) -> Iterator[dict[str, Any]]: ...
+
+    def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None: ...
+
+    def finish(self) -> str | None: ...
+
+
+class DestinationStream(Protocol):
+    """One sync's view of a destination.
+
+    ``write`` applies a batch and returns only when the changes are durable. It returns one
+    :class:`Outcome` per change, in order, or ``None`` when every change succeeded and the
+    destination assigns no ids. A rejected record is a failed outcome (it is dead-lettered); an
+    atomic destination that rejects the whole batch returns a failed outcome for each change.
+    Raise :class:`~engine.errors.TransientError` to have the whole batch retried with backoff,
+    :class:`~engine.errors.RunFailed` to stop the run. ``max_batch`` caps the batch size.
+    ``finish`` is called after the last batch of a successful run.
+    """
+
+    max_batch: int | None
+
+    def write(self, changes: Sequence[Change]) -> Sequence[Outcome] | None: ...
+
+    def finish(self) -> None: ...
+
+
+class Source(Protocol):
+    """A configured pull source; ``close`` releases its connection."""
+
+    def open_stream(self, options: Any, ctx: StreamContext) -> SourceStream: ...
+
+    def close(self) -> None: ...
+
+
+class Destination(Protocol):
+    """A configured destination; ``close`` releases its connection."""
+
+    def open_stream(self, options: Any, ctx: StreamContext) -> DestinationStream: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PushEvent:
+    """A record that arrived on its own: ``route`` picks the sync, ``action`` may force a delete."""
+
+    route: str
+    action: str | None
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the engine did with a pushed record; ``status`` is an HTTP-like code for the sender."""
+
+    status: int
+    message: str
+
+
+class PushSource(Protocol):
+    """A receiver: ``serve`` blocks, handing each arriving record to ``deliver`` until ``stop`` is set.
+
+    ``deliver`` returns only once the write and the state are durable, so a receiver answers its
+    sender after it returns and never before.
+    """
+
+    def serve(self, deliver: Callable[[PushEvent], Delivery], stop: threading.Event) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,269 @@
+"""A sync's mapping compiled once into a single Jinja function that renders a whole record.
+
+Every field template becomes a top-level ``{% set %}`` of one combined template, so one call per
+record computes every field with native types, behind the ``filter:`` condition. The Jinja context
+object is built once and reused: per record only ``record`` changes and the field slots are reset.
+When a record fails, each field is rendered on its own to name the field that failed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import Undefined, nodes
+from jinja2.exceptions import TemplateError
+
+from engine.errors import RecordError
+from engine.filters import FilterError
+from engine.templating import SyncEnvironment, single_expression
+
+KEEP = "syncengine_keep"
+KEY = "syncengine_key"
+
+
+@dataclass(frozen=True)
+class FieldTemplate:
+    """One output leaf: its path in the output, its template source or constant, and its YAML line."""
+
+    path: tuple[str | int, ...]
+    source: Any
+    location: str
+    is_template: bool
+
+    @property
+    def name(self) -> str:
+        """Dotted name for messages: ``DeliveryDetail.City``, ``LineItems[0].Units``."""
+        out = ""
+        for part in self.path:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+        return out
+
+
+class MappedRecord:
+    """The result of mapping one source record."""
+
+    __slots__ = ("key", "values")
+
+    def __init__(self, key: str, values: dict[str, Any]) -> None:
+        self.key = key
+        self.values = values
+
+
+def _slot(i: int) -> str:
+    return f"syncengine_f{i}"
+
+
+def _assignment(name: str, ast: nodes.Template) -> nodes.Stmt:
+    expr = single_expression(ast)
+    target = nodes.Name(name, "store")
+    if expr is not None:
+        return nodes.Assign(target, expr)
+    return nodes.AssignBlock(target, None, ast.body)
+
+
+def key_string(values: tuple[Any, ...]) -> str:
+    """The state-store key for one record: the value itself, or a JSON list for composite keys."""
+    if len(values) == 1:
+        value = values[0]
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+    return json.dumps(list(values), default=str, ensure_ascii=False)
+
+
+class CompiledMapping:
+    """Maps source records to output records; built once per run, called once per record."""
+
+    def __init__(self, env: SyncEnvironment, fields: list[FieldTemplate], *,
+                 key_fields: tuple[str, ...], key_template: tuple[str, str] | None,
+                 filter_template: tuple[str, str] | None, context: Mapping[str, Any]) -> None:
+        self.fields = fields
+        self.key_fields = key_fields
+        self.output_names = tuple(dict.fromkeys(str(f.path[0]) for f in fields))
+        self._env = env
+        self._context = dict(context)
+        self._single: dict[str, Callable[[dict[str, Any]], Any]] = {}
+        body: list[nodes.Node] = []
+        self._constants: dict[int, Any] = {}
+        templated: list[nodes.Stmt] = []
+        for i, f in enumerate(fields):
+            if f.is_template:
+                ast = env.parse(f.source)
+                templated.append(_assignment(_slot(i), ast))
+                self._single[_slot(i)] = compile_native(env, f.source)
+            else:
+                self._constants[i] = f.source
+        self._filter_at = filter_template[1] if filter_template else None
+        self._key_at = key_template[1] if key_template else None
+        if key_template is not None:
+            templated.insert(0, _assignment(KEY, env.parse(key_template[0])))
+            self._single[KEY] = compile_native(env, key_template[0])
+        if filter_template is not None:
+            body.append(_assignment(KEEP, env.parse(filter_template[0])))
+            body.append(nodes.If(nodes.Name(KEEP, "load"), templated, [], []))
+            self._single[KEEP] = compile_native(env, filter_template[0])
+        else:
+            body.extend(templated)
+        tree = nodes.Template(body, lineno=1)
+        tree.set_environment(env)
+        self._template = env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
+        self._ctx = self._template.new_context(self._context)
+        self._root = self._template.root_render_func
+        self._build = self._builder()
+
+    def _builder(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """A function from the slots dict to the output record (flat fast path, nested general path)."""
+        constants = self._constants
+        if all(len(f.path) == 1 for f in self.fields):
+            names = [str(f.path[0]) for f in self.fields]
+            slots = [_slot(i) for i in range(len(self.fields))]
+            if not constants:
+                def flat(v: dict[str, Any]) -> dict[str, Any]:
+                    return dict(zip(names, map(v.__getitem__, slots), strict=True))
+                return flat
+
+            def flat_with_constants(v: dict[str, Any]) -> dict[str, Any]:
+                return {n: (constants[i] if i in constants else v[s])
+                        for i, (n, s) in enumerate(zip(names, slots, strict=True))}
+            return flat_with_constants
+
+        def nested(v: dict[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for i, f in enumerate(self.fields):
+                value = constants[i] if i in constants else v[_slot(i)]
+                _put(out, f.path, value)
+            return out
+        return nested
+
+    def map(self, record: dict[str, Any]) -> MappedRecord | None:
+        """The mapped record, or ``None`` when ``filter:`` drops it; raises :class:`RecordError`."""
+        ctx = self._ctx
+        ctx.parent["record"] = record
+        ctx.vars = slots = {}
+        try:
+            for _ in self._root(ctx):
+                pass
+            if KEEP in slots and not slots[KEEP]:
+                return None
+            values = self._build(slots)
+        except (TemplateError, FilterError, ArithmeticError, TypeError, ValueError, LookupError):
+            raise self._explain(record) from None
+        for value in values.values():
+            if isinstance(value, Undefined):
+                raise self._explain(record)
+        if self.key_fields:
+            try:
+                key = key_string(tuple(values[k] for k in self.key_fields))
+            except KeyError as exc:
+                raise RecordError(f"key field {exc} is not in the mapped record") from None
+        else:
+            key = slots[KEY]
+            key = key if isinstance(key, str) else key_string((key,))
+        if key is None or key == "" or key == "null":
+            raise RecordError("the record key is empty", field=",".join(self.key_fields) or "key",
+                              location=self._key_at)
+        return MappedRecord(key, values)
+
+    def _explain(self, record: dict[str, Any]) -> RecordError:
+        """Render field by field to find the first failure; slow, and only on the error path."""
+        base = {**self._context, "record": record}
+        rendered: dict[str, Any] = {}
+        if KEEP in self._single:
+            try:
+                self._single[KEEP](base)
+            except Exception as exc:  # noqa: BLE001 - reported, with the field, as a record error
+                return RecordError(_message(exc), field="filter", location=self._filter_at)
+        for i, f in enumerate(self.fields):
+            if not f.is_template:
+                rendered[f.name] = f.source
+                continue
+            try:
+                rendered[f.name] = self._single[_slot(i)](base)
+            except Exception as exc:  # noqa: BLE001 - reported, with the field, as a record error
+                return RecordError(_message(exc), key=self._key_hint(base, rendered), field=f.name, location=f.location)
+        return RecordError("the record could not be mapped", key=self._key_hint(base, rendered))
+
+    def _key_hint(self, base: dict[str, Any], rendered: dict[str, Any]) -> str | None:
+        if self.key_fields and all(k in rendered for k in self.key_fields):
+            return key_string(tuple(rendered[k] for k in self.key_fields))
+        if KEY in self._single:
+            try:
+                return str(self._single[KEY](base))
+            except Exception:  # noqa: BLE001 - there is no key to report
+                return None
+        return None
+
+
+def compile_native(env: SyncEnvironment, source: str) -> Callable[[dict[str, Any]], Any]:
+    """Compile one template into a function of a context that returns its native value."""
+    tree = nodes.Template([_assignment("value", env.parse(source))], lineno=1)
+    tree.set_environment(env)
+    template = env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
+
+    def render(context: dict[str, Any]) -> Any:
+        ctx = template.new_context(context)
+        for _ in template.root_render_func(ctx):
+            pass
+        value = ctx.vars["value"]
+        if isinstance(value, Undefined):
+            value._fail_with_undefined_error()
+        return value
+
+    return render
+
+
+def _message(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return f"{text}" if isinstance(exc, (TemplateError, FilterError)) else f"{type(exc).__name__}: {text}"
+
+
+def _put(out: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
+    node: Any = out
+    for part, nxt in zip(path, path[1:], strict=False):
+        container: Any = [] if isinstance(nxt, int) else {}
+        if isinstance(node, list):
+            while len(node) <= part:  # type: ignore[operator]
+                node.append(None)
+            if node[part] is None:  # type: ignore[index]
+                node[part] = container  # type: ignore[index]
+            node = node[part]  # type: ignore[index]
+        else:
+            node = node.setdefault(part, container)
+    last = path[-1]
+    if isinstance(node, list):
+        while len(node) <= last:  # type: ignore[operator]
+            node.append(None)
+        node[last] = value  # type: ignore[index]
+    else:
+        node[last] = value
+
+
+class IdentityMapping:
+    """The mapping of a sync without one: the source record as it is."""
+
+    fields: list[FieldTemplate] = []
+    output_names: tuple[str, ...] | None = None
+
+    def __init__(self, key_fields: tuple[str, ...], key_template: Callable[[dict[str, Any]], Any] | None,
+                 context: Mapping[str, Any]) -> None:
+        self.key_fields = key_fields
+        self._key_template = key_template
+        self._context = dict(context)
+
+    def map(self, record: dict[str, Any]) -> MappedRecord | None:
+        """The record itself, keyed."""
+        if self.key_fields:
+            try:
+                key = key_string(tuple(record[k] for k in self.key_fields))
+            except KeyError as exc:
+                raise RecordError(f"the record has no key field {exc}") from None
+        else:
+            assert self._key_template is not None
+            try:
+                key = str(self._key_template({**self._context, "record": record}))
+            except Exception as exc:  # noqa: BLE001 - reported as a record error
+                raise RecordError(_message(exc), field="key") from None
+        if key in ("", "None"):
+            raise RecordError("the record key is empty", field="key")
+        return MappedRecord(key, dict(record))

@@ -135,8 +135,8 @@ def plan(pipeline: PipelineArg, sync: SyncOpt = None, full_refresh: Annotated[bo
 
 @app.command()
 def apply(pipeline: PipelineArg, sync: SyncOpt = None,
-          full_refresh: Annotated[bool, typer.Option("--full-refresh",
-                                                     help="Resend every record (the destination is not wiped).")] = False,
+          full_refresh: Annotated[bool, typer.Option(
+              "--full-refresh", help="Resend every record (the destination is not wiped).")] = False,
           since: Annotated[str | None, typer.Option(help="Override the cursor (watermark) for this run.")] = None,
           force_deletes: Annotated[bool, typer.Option("--force-deletes",
                                                       help="Allow deletes beyond max_delete_share.")] = False,
@@ -257,7 +257,7 @@ def history(pipeline: PipelineArg, limit: Annotated[int, typer.Option(help="How 
 
 
 @app.command()
-def schema(mapping: Annotated[bool, typer.Option("--mapping", help="The mapping file schema instead.")] = False) -> None:
+def schema(mapping: Annotated[bool, typer.Option("--mapping", help="The mapping schema instead.")] = False) -> None:
     """Print the JSON Schema of pipeline files (with every adapter's options) for editors."""
     register_builtins(REGISTRY)
     document = load_schema("mapping.schema.json") if mapping else editor_schema(REGISTRY)
@@ -327,3 +327,7 @@ def main() -> None:
 
 
 __all__ = ["EXIT_OK", "app", "main"]
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,15 @@ from engine.errors import PipelineInvalid, Problem
 from engine.mapping import FieldTemplate
 from engine.registry import REGISTRY, AdapterSpec, Registry, Role
 from engine.schema_errors import did_you_mean, validate_block
-from engine.templating import CONTEXT_NAMES, check_template, env_names, is_template, looks_secret, make_environment
+from engine.templating import (
+    CONTEXT_NAMES,
+    attribute_uses,
+    check_template,
+    env_names,
+    is_template,
+    looks_secret,
+    make_environment,
+)
 from engine.typed_config import build
 from engine.yaml_source import Located, YamlPath, format_path, load_located
 
@@ -69,11 +77,13 @@ class SyncSpec:
     max_delete_share: float
     enabled: bool
     location: str
+    delete_when: tuple[str, str] | None = None
+    memo_fields: tuple[str, ...] = ()
 
     @property
-    def deletes_from_snapshot(self) -> bool:
-        """Whether keys missing from the source are deleted at the destination."""
-        return self.mode == "mirror" and self.scope == "snapshot"
+    def deletes_missing(self) -> bool:
+        """Whether keys missing from the source may be deleted: a mirrored snapshot, or a window with a condition."""
+        return self.mode == "mirror" and (self.scope == "snapshot" or self.delete_when is not None)
 
 
 @dataclass(frozen=True)
@@ -312,6 +322,21 @@ class _Checker:
                         mapping_ok = False
         mode = block.get("mode", "upsert")
         scope = block.get("scope", "snapshot")
+        delete_when: tuple[str, str] | None = None
+        memo_fields: tuple[str, ...] = ()
+        if "delete_when" in block:
+            when_path = (*path, "delete_when")
+            if scope != "window" or mode != "mirror":
+                self.problems.append(self.located.problem(
+                    when_path, "delete_when applies to a sync with scope: window and mode: mirror "
+                               f"(this one has scope: {scope}, mode: {mode})"))
+                mapping_ok = False
+            elif self.template(block["delete_when"], when_path, ("record", "vars", "run")):
+                delete_when = (block["delete_when"], self.at(when_path))
+                ast = self.env.parse(block["delete_when"])
+                memo_fields = tuple(sorted({a for a, _ in attribute_uses(ast, "record")}))
+            else:
+                mapping_ok = False
         if src is None or dst is None or not mapping_ok:
             return None
         return SyncSpec(
@@ -320,7 +345,8 @@ class _Checker:
             fields=tuple(fields) if fields is not None else None, filter_template=filter_template,
             batch_size=int(block.get("batch_size", 5000)),
             max_delete_share=float(block.get("max_delete_share", 0.5)),
-            enabled=bool(block.get("enabled", True)), location=self.at(path))
+            enabled=bool(block.get("enabled", True)), location=self.at(path),
+            delete_when=delete_when, memo_fields=memo_fields)
 
 
 def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: str | None = None) -> Pipeline:

@@ -32,10 +32,10 @@ from engine.errors import (
 from engine.interfaces import (
     CREATE,
     DELETE,
+    OK,
     UPDATE,
     Change,
     DestinationStream,
-    OK,
     Outcome,
     RunInfo,
     SourceStream,
@@ -303,6 +303,10 @@ class _SyncBatcher:
         self.size = min(sync.batch_size, limit) if limit else sync.batch_size
         self.dead_keys = self.store.dead_keys(stream_id)
         self.unkeyed_errors = 0
+        fields = sync.memo_fields
+        self.memo: Callable[[dict[str, Any] | None], str] | None = (
+            (lambda values: json.dumps({f: (values or {}).get(f) for f in fields}, default=str))
+            if sync.delete_when else None)
 
     # --- the stream ------------------------------------------------------------------------------------
 
@@ -347,7 +351,7 @@ class _SyncBatcher:
         if replaying:
             return
         self.leftover_dead_letters(mapping)
-        if self.sync.deletes_from_snapshot:
+        if self.sync.deletes_missing:
             self.delete_missing(known_before)
 
     def flush(self, batch: dict[str, tuple[dict[str, Any], bytes, dict[str, Any]]],
@@ -366,7 +370,8 @@ class _SyncBatcher:
                 continue
             changes.append(Change(UPDATE if known.known else CREATE, key, batch[key][0], known.remote_id))
         outcomes = self.write(changes)
-        upserts: list[tuple[str, bytes, str | None]] = []
+        upserts: list[tuple[str, bytes, str | None, str | None]] = []
+        memo = self.memo
         dead: list[DeadRow] = []
         rejected: set[str] = set()
         for i, change in enumerate(changes):
@@ -374,7 +379,7 @@ class _SyncBatcher:
             entry = batch[change.key]
             if outcome.ok:
                 counts["creates" if change.action == CREATE else "updates"] += 1
-                upserts.append((change.key, entry[1], outcome.remote_id))
+                upserts.append((change.key, entry[1], outcome.remote_id, memo(change.values) if memo else None))
             else:
                 rejected.add(change.key)
                 error = RecordError(outcome.error or "rejected by the destination", key=change.key,
@@ -472,32 +477,60 @@ class _SyncBatcher:
             self.source = saved
 
     def delete_missing(self, known_before: int) -> None:
-        """Delete what a snapshot no longer holds, unless the guard or an unkeyed failure forbids it."""
+        """Delete what the source no longer holds, unless the guard or an unkeyed failure forbids it.
+
+        For a snapshot every missing key is a delete; for a window, only the missing keys whose last
+        known values make ``delete_when`` true (the record should still be inside the window).
+        """
         if self.unkeyed_errors:
             self.report.errors.append(f"deletes skipped: {self.unkeyed_errors} record(s) failed before their key "
                                       "was known, so a missing key may not mean a delete")
             return
         store = self.store
-        missing = store.collect_missing(self.stream_id)
-        if not missing:
+        if not store.collect_missing(self.stream_id):
             return
-        share = missing / known_before if known_before else 1.0
+        condition = self.delete_condition()
+        doomed = sum(len([r for r in rows if condition(r)]) for rows in store.missing(self.size))
+        if not doomed:
+            return
+        share = doomed / known_before if known_before else 1.0
         if share > self.sync.max_delete_share and not self.options.force_deletes:
             raise DeleteGuardTripped(
-                f"would delete {missing} of {known_before} known records ({share:.0%}), more than the allowed "
+                f"would delete {doomed} of {known_before} known records ({share:.0%}), more than the allowed "
                 f"{self.sync.max_delete_share:.0%}; nothing was deleted. Check the source, then rerun with "
                 "--force-deletes, or raise max_delete_share")
         for rows in store.missing(self.size):
-            changes = [Change(DELETE, key, None, remote_id) for key, remote_id in rows]
+            changes = [Change(DELETE, row[0], None, row[1]) for row in rows if condition(row)]
+            if not changes:
+                continue
             outcomes = self.write(changes)
-            ok = [c.key for c, o in zip(changes, outcomes or [], strict=False) if o.ok] if outcomes else \
-                [c.key for c in changes]
-            failed = [(c, o) for c, o in zip(changes, outcomes or [], strict=False) if not o.ok]
-            self.counts["deletes"] += len(ok)
-            self.counts["errors"] += len(failed)
+            results = outcomes if outcomes is not None else [OK] * len(changes)
+            ok = [c.key for c, o in zip(changes, results, strict=True) if o.ok]
             dead = [self.dead_row(RecordError(o.error or "delete rejected", key=c.key, field=o.field), DELETE,
-                                  None, None) for c, o in failed]
+                                  None, None) for c, o in zip(changes, results, strict=True) if not o.ok]
+            self.counts["deletes"] += len(ok)
+            self.counts["errors"] += len(dead)
             self.note_errors(dead)
             if not self.dry:
                 store.commit_batch(self.stream_id, self.run_row, self.counts, deletes=ok, dead=dead,
                                    resolved=[k for k in ok if k in self.dead_keys])
+
+    def delete_condition(self) -> Callable[[tuple[str, str | None, str | None]], bool]:
+        """Whether a missing (key, remote id, memo) row is a delete."""
+        when = self.sync.delete_when
+        if when is None:
+            return lambda row: True
+        render = compile_native(self.engine.env, when[0])
+        base = {"vars": self.engine.pipeline.vars, "run": RunInfo(self.engine.run_id, self.engine.started_at)}
+
+        def condition(row: tuple[str, str | None, str | None]) -> bool:
+            memo = json.loads(row[2]) if row[2] else None
+            if memo is None:
+                return False  # remembered before delete_when existed: keep rather than guess
+            try:
+                return bool(render({**base, "record": memo}))
+            except Exception as exc:  # noqa: BLE001 - a condition that cannot decide keeps the record
+                log.warning("delete_when could not be evaluated for key %s at %s: %s", row[0], when[1], exc)
+                return False
+
+        return condition

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS records (
     key TEXT NOT NULL,
     hash BLOB NOT NULL,
     remote_id TEXT,
+    memo TEXT,
     PRIMARY KEY (stream_id, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
@@ -161,7 +162,7 @@ class StateStore:
         if not self._temp_ready:
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS cur (key TEXT PRIMARY KEY, hash BLOB) WITHOUT ROWID")
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY) WITHOUT ROWID")
-            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS gone (key TEXT, remote_id TEXT)")
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS gone (key TEXT, remote_id TEXT, memo TEXT)")
             self._temp_ready = True
         self.db.execute("DELETE FROM temp.seen")
         self.db.execute("DELETE FROM temp.gone")
@@ -191,20 +192,20 @@ class StateStore:
         """Gather the known keys this run did not see; returns how many."""
         self.db.execute("DELETE FROM temp.gone")
         self.db.execute(
-            "INSERT INTO temp.gone (key, remote_id) SELECT r.key, r.remote_id FROM records r "
+            "INSERT INTO temp.gone (key, remote_id, memo) SELECT r.key, r.remote_id, r.memo FROM records r "
             "WHERE r.stream_id = ? AND NOT EXISTS (SELECT 1 FROM temp.seen s WHERE s.key = r.key)", (stream_id,))
         return int(self.db.execute("SELECT count(*) FROM temp.gone").fetchone()[0])
 
-    def missing(self, size: int) -> Iterator[list[tuple[str, str | None]]]:
-        """The gathered missing keys with their remote ids, in batches."""
+    def missing(self, size: int) -> Iterator[list[tuple[str, str | None, str | None]]]:
+        """The gathered missing keys with their remote ids and memos, in batches."""
         last = 0
         while True:
-            rows = self.db.execute("SELECT rowid, key, remote_id FROM temp.gone WHERE rowid > ? ORDER BY rowid "
+            rows = self.db.execute("SELECT rowid, key, remote_id, memo FROM temp.gone WHERE rowid > ? ORDER BY rowid "
                                    "LIMIT ?", (last, size)).fetchall()
             if not rows:
                 return
             last = rows[-1][0]
-            yield [(key, remote_id) for _, key, remote_id in rows]
+            yield [(key, remote_id, memo) for _, key, remote_id, memo in rows]
 
     def seen_keys(self) -> set[str]:
         """Keys seen in this run (used for small sets only, such as dead letters)."""
@@ -223,7 +224,7 @@ class StateStore:
         return int(cur.lastrowid or 0)
 
     def commit_batch(self, stream_id: int, run_row: int, counts: dict[str, int], *,
-                     upserts: Sequence[tuple[str, bytes, str | None]] = (),
+                     upserts: Sequence[tuple[str, bytes, str | None, str | None]] = (),
                      deletes: Sequence[str] = (),
                      dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]] = (),
                      resolved: Sequence[str] = ()) -> None:
@@ -233,10 +234,10 @@ class StateStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             if upserts:
-                db.executemany("INSERT INTO records (stream_id, key, hash, remote_id) VALUES (?, ?, ?, ?) "
+                db.executemany("INSERT INTO records (stream_id, key, hash, remote_id, memo) VALUES (?, ?, ?, ?, ?) "
                                "ON CONFLICT (stream_id, key) DO UPDATE SET hash = excluded.hash, "
-                               "remote_id = coalesce(excluded.remote_id, records.remote_id)",
-                               [(stream_id, k, h, r) for k, h, r in upserts])
+                               "remote_id = coalesce(excluded.remote_id, records.remote_id), memo = excluded.memo",
+                               [(stream_id, k, h, r, m) for k, h, r, m in upserts])
             if deletes:
                 db.executemany("DELETE FROM records WHERE stream_id = ? AND key = ?", [(stream_id, k) for k in deletes])
             if resolved:

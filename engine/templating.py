@@ -112,7 +112,8 @@ def single_expression(ast: nodes.Template) -> nodes.Expr | None:
     return None
 
 
-def _attribute_uses(ast: nodes.Template, name: str) -> Iterator[tuple[str, int]]:
+def attribute_uses(ast: nodes.Template, name: str) -> Iterator[tuple[str, int]]:
+    """(attribute, line) of every ``name.attribute`` and ``name['attribute']`` in a template."""
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
         target = node.node
         if isinstance(target, nodes.Name) and target.name == name:
@@ -124,7 +125,7 @@ def _attribute_uses(ast: nodes.Template, name: str) -> Iterator[tuple[str, int]]
 
 def env_names(ast: nodes.Template) -> set[str]:
     """Environment variables a template reads through ``env.NAME``."""
-    return {attr for attr, _ in _attribute_uses(ast, "env")}
+    return {attr for attr, _ in attribute_uses(ast, "env")}
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -158,11 +159,11 @@ def check_template(env: SyncEnvironment, source: str, *, names: tuple[str, ...],
             problems.append((line, f"unknown name '{name}'" + _did_you_mean(name, sorted(names))
                              + f"; a template can use {', '.join(names)}"))
     if "vars" in names:
-        for attr, line in _attribute_uses(ast, "vars"):
+        for attr, line in attribute_uses(ast, "vars"):
             if attr not in variables:
                 problems.append((line, f"unknown variable 'vars.{attr}'" + _did_you_mean(attr, list(variables))))
     if "run" in names:
-        for attr, line in _attribute_uses(ast, "run"):
+        for attr, line in attribute_uses(ast, "run"):
             if attr not in RUN_FIELDS:
                 problems.append((line, f"unknown run field 'run.{attr}'" + _did_you_mean(attr, list(RUN_FIELDS))))
     return ast, problems

@@ -1,0 +1,56 @@
+"""Shared fixtures: a copy of the quick start in a temporary folder, and the CLI run as a real process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    """What a CLI run printed and returned."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        """stdout and stderr together."""
+        return self.out + self.err
+
+
+def syncengine(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None,
+               timeout: float = 60) -> Result:
+    """Run the installed ``syncengine`` command as a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    """Rows of a query against a SQLite file."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def quickstart(tmp_path: Path) -> Iterator[Path]:
+    """A private copy of ``samples/quickstart``; yields its pipeline file."""
+    target = tmp_path / "quickstart"
+    shutil.copytree(REPO / "samples" / "quickstart", target, ignore=shutil.ignore_patterns("out", ".syncengine"))
+    yield target / "pipeline.yml"

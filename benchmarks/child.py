@@ -44,7 +44,6 @@ def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         os.environ["BENCH_DB"] = str(Path(args.db).resolve())
     if args.url:
         os.environ["BENCH_URL"] = args.url
-    os.environ["BENCH_CONCURRENCY"] = str(args.concurrency)
     started = time.perf_counter()
     report = apply(PIPELINES[kind], state=str(Path(args.state).resolve()))
     seconds = time.perf_counter() - started
@@ -74,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db")
     parser.add_argument("--url")
     parser.add_argument("--state", required=True)
-    parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args(argv)
     if args.kind != "floor":
         # Import the engine before the clock starts, so start-up is not counted.

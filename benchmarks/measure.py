@@ -1,0 +1,152 @@
+"""What the benchmark checks besides time: destination files untouched, tables equal, the HTTP run.
+
+The bytes written to the destination are measured on its files, not on the process: the size,
+modification time and SHA-256 of the database and its ``-wal`` before and after a job. A job that
+wrote nothing leaves all three identical (the process's own ``/proc/self/io`` counters also cover
+the state database, so they are reported beside this, not instead of it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from benchmarks.generate import Dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+Fingerprint = dict[str, tuple[int, int, str] | None]
+
+
+def destination_fingerprint(db: Path) -> Fingerprint:
+    """(size, mtime_ns, sha256) of the database and its WAL; ``None`` for a file that is absent."""
+    out: Fingerprint = {}
+    for path in (db, Path(f"{db}-wal")):
+        if not path.exists():
+            out[path.name] = None
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023 - handle is this loop's own
+                digest.update(block)
+        stat = path.stat()
+        out[path.name] = (stat.st_size, stat.st_mtime_ns, digest.hexdigest())
+    return out
+
+
+def fingerprint_delta(before: Fingerprint, after: Fingerprint) -> dict[str, Any]:
+    """Whether any destination file changed, and the bytes by which the files grew."""
+    changed = [name for name in after if before.get(name) != after[name]]
+    grown = sum((after[n] or (0, 0, ""))[0] - (before.get(n) or (0, 0, ""))[0] for n in after)
+    return {"changed": changed, "bytes": max(grown, 0) if changed else 0}
+
+
+def tables_equal(left: Path, right: Path) -> bool:
+    """Whether two databases' ``loads`` tables hold the same rows (in both directions)."""
+    db = sqlite3.connect(f"file:{left}?mode=ro", uri=True)
+    try:
+        db.execute("ATTACH DATABASE ? AS other", (f"file:{right}?mode=ro",))
+        one = db.execute("SELECT count(*) FROM (SELECT * FROM main.loads EXCEPT SELECT * FROM other.loads)")
+        two = db.execute("SELECT count(*) FROM (SELECT * FROM other.loads EXCEPT SELECT * FROM main.loads)")
+        sizes = db.execute("SELECT (SELECT count(*) FROM main.loads), (SELECT count(*) FROM other.loads)")
+        a, b = sizes.fetchone()
+        return bool(one.fetchone()[0] == 0 and two.fetchone()[0] == 0 and a == b)
+    finally:
+        db.close()
+
+
+def http_available() -> bool:
+    """Whether a destination adapter named ``http`` is registered."""
+    from engine.adapters import register_builtins
+    from engine.registry import REGISTRY
+
+    register_builtins(REGISTRY)
+    return REGISTRY.get("destination", "http") is not None
+
+
+class Endpoint:
+    """The loopback JSON endpoint, in its own process; stopped by closing its standard input."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.http_endpoint"], cwd=ROOT,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().split()
+        if len(line) != 2 or line[0] != "PORT":
+            self.stop()
+            raise RuntimeError(f"the endpoint did not start: {line}")
+        self.port = int(line[1])
+
+    def stats(self) -> dict[str, int]:
+        """The endpoint's counters."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=10) as answer:
+            data: dict[str, int] = json.loads(answer.read())
+        return data
+
+    def stop(self) -> None:
+        """Close standard input and wait for the process to end."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def http_run(data: Dataset, folder: Path) -> dict[str, Any]:
+    """Post every record of the day-1 file, one request each, to the loopback endpoint."""
+    if not http_available():
+        return {"status": "not run", "reason": "no destination adapter named http is registered"}
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    endpoint = Endpoint()
+    try:
+        cmd = [sys.executable, "-m", "benchmarks.child", "http", "--input", str(data.day1),
+               "--url", f"http://127.0.0.1:{endpoint.port}/loads", "--state", str(folder / "state.db")]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            return {"status": "failed", "reason": done.stderr.strip()[-2000:], "problems": ["HTTP run failed"]}
+        result: dict[str, Any] = json.loads(lines[-1])
+        stats = endpoint.stats()
+    finally:
+        endpoint.stop()
+    problems = []
+    if result["counts"]["creates"] != data.rows or stats["accepted"] != data.rows:
+        problems.append(f"HTTP: {result['counts']['creates']} creates, {stats['accepted']} accepted by the "
+                        f"endpoint, expected {data.rows}")
+    return {"status": result["status"], "rows": data.rows, "seconds": result["seconds"],
+            "per_second": data.rows / result["seconds"], "maxrss_mb": result["maxrss_kb"] / 1024,
+            "counts": result["counts"], "endpoint": stats, "problems": problems,
+            "message": result.get("message")}
+
+
+def machine_summary() -> dict[str, str]:
+    """nproc, memory, CPU model, Python and SQLite versions."""
+    cpu = "unknown"
+    memory = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("MemTotal"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    except OSError:
+        pass
+    return {"nproc": str(len(os.sched_getaffinity(0))), "memory": memory, "cpu": cpu,
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+            "os": f"{platform.system()} {platform.release()}"}

@@ -143,9 +143,8 @@ class _Checker:
         spec = next((s for r in roles if (s := self.registry.get(r, kind)) is not None), None)
         if spec is None:
             names = sorted({n for r in roles for n in self.registry.names(r)})
-            self.problems.append(self.located.problem(
-                (*path, "type"), f"unknown {role} adapter '{kind}'" + did_you_mean(kind, names)
-                + f"; known: {', '.join(names)}"))
+            hint = did_you_mean(kind, names) or f"; known: {', '.join(names)}"
+            self.problems.append(self.located.problem((*path, "type"), f"unknown {role} adapter '{kind}'{hint}"))
             return None
         schema = spec.config_schema
         schema = {**schema, "properties": {"type": {"const": kind}, **schema["properties"]}}
@@ -337,7 +336,9 @@ class _Checker:
                 memo_fields = tuple(sorted({a for a, _ in attribute_uses(ast, "record")}))
             else:
                 mapping_ok = False
-        if src is None or dst is None or not mapping_ok:
+        envelope = f"syncs.{name}"
+        if src is None or dst is None or not mapping_ok or any(
+                p.path == envelope or p.path.startswith((f"{envelope}.", f"{envelope}[")) for p in self.problems):
             return None
         return SyncSpec(
             name=name, source=src[0], source_options=src[1], destination=dst[0], destination_options=dst[1],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,4 +112,8 @@ def validate_block(schema: dict[str, Any], data: Any, located: Located, base: Ya
     problems: list[Problem] = []
     for error in validator.iter_errors(data):
         problems.extend(_problems(error, located, base))
-    return problems
+    # "missing 'path'" says nothing new next to "unknown key 'pth' (did you mean 'path'?)" in the same block.
+    suggested = {(p.path.rsplit(".", 1)[0], m.group(1)) for p in problems
+                 if (m := re.search(r"^unknown key '[^']*' \(did you mean '([^']*)'\?\)$", p.message))}
+    return [p for p in problems
+            if not ((m := re.search(r"^missing required key '([^']*)'$", p.message)) and (p.path, m.group(1)) in suggested)]

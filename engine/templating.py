@@ -161,7 +161,9 @@ def check_template(env: SyncEnvironment, source: str, *, names: tuple[str, ...],
     if "vars" in names:
         for attr, line in attribute_uses(ast, "vars"):
             if attr not in variables:
-                problems.append((line, f"unknown variable 'vars.{attr}'" + _did_you_mean(attr, list(variables))))
+                known = f"; vars defines {', '.join(variables)}" if variables else "; the pipeline defines no vars"
+                problems.append((line, f"unknown variable 'vars.{attr}'" + _did_you_mean(attr, list(variables))
+                                 + known))
     if "run" in names:
         for attr, line in attribute_uses(ast, "run"):
             if attr not in RUN_FIELDS:

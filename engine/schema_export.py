@@ -40,11 +40,13 @@ def editor_schema(registry: Registry) -> dict[str, Any]:
     return document
 
 
-def adapter_exports(registry: Registry) -> dict[str, dict[str, Any]]:
-    """File name -> schema document for every adapter, as kept under ``schemas/adapters/``."""
+def adapter_exports(registry: Registry, modules: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """File name -> schema document for the adapters of ``modules``, as kept under ``schemas/adapters/``."""
     exports: dict[str, dict[str, Any]] = {}
     for role, names in registry.adapters.items():
         for name, spec in names.items():
+            if spec.module not in modules:
+                continue
             exports[f"{role}.{name}.json"] = {
                 "$schema": "https://json-schema.org/draft/2020-12/schema",
                 "title": f"{name} {role}",

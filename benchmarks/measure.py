@@ -149,4 +149,16 @@ def machine_summary() -> dict[str, str]:
         pass
     return {"nproc": str(len(os.sched_getaffinity(0))), "memory": memory, "cpu": cpu,
             "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "os": f"{platform.system()} {platform.release()}"}
+            "os": f"{platform.system()} {platform.release()}", "commit": _commit()}
+
+
+def _commit() -> str:
+    """The checked-out commit, marked when ``engine/`` has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "engine"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} (engine/ has uncommitted changes)" if dirty else head

@@ -81,7 +81,8 @@ def render(summaries: list[dict[str, Any]], http: dict[str, Any] | None, machine
     """The whole report as Markdown."""
     lines = [f"Command: `{command}`", "",
              f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
-             f"{machine['os']}, Python {machine['python']}, SQLite {machine['sqlite']}.", ""]
+             f"{machine['os']}, Python {machine['python']}, SQLite {machine['sqlite']}; engine at commit "
+             f"{machine['commit']}.", ""]
     lines += table(summaries)
     if http is not None:
         lines.append("")

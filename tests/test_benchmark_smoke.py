@@ -1,0 +1,128 @@
+"""The benchmark at 10k rows, for correctness only (never timing): the engine's counts against the
+generator's truth, an unchanged rerun that leaves the destination file untouched, and the engine's
+table equal to the hand-written floor's after the day-2 file."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from engine.api import apply
+
+if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+from benchmarks import floor  # noqa: E402
+from benchmarks.generate import Dataset, generate  # noqa: E402
+from benchmarks.measure import Endpoint, destination_fingerprint, tables_equal  # noqa: E402
+
+ROWS = 10_000
+PIPELINE = REPO / "benchmarks" / "loads_pipeline.yml"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """The 10k-row day-1 and day-2 files."""
+    return generate(ROWS, tmp_path_factory.mktemp("data"))
+
+
+def _sync(input_path: Path, db: Path, state: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    monkeypatch.setenv("BENCH_INPUT", str(input_path))
+    monkeypatch.setenv("BENCH_DB", str(db))
+    report = apply(PIPELINE, state=str(state)).to_dict()
+    sync = report["syncs"]["loads"]
+    assert sync["status"] == "ok", sync["message"]
+    return {k: sync[k] for k in ("read", "creates", "updates", "deletes", "unchanged", "errors")}
+
+
+def test_generator_is_deterministic_and_exact(dataset: Dataset, tmp_path: Path) -> None:
+    again = generate(ROWS, tmp_path)
+    assert again.day1.read_bytes() == dataset.day1.read_bytes()
+    assert again.day2.read_bytes() == dataset.day2.read_bytes()
+    assert (len(dataset.changed), len(dataset.removed), len(dataset.added)) == (100, 10, 10)
+    assert not set(dataset.changed) & set(dataset.removed)
+    with dataset.day1.open(encoding="utf-8") as handle:
+        header = handle.readline().strip().split(",")
+        states = {line.split(",")[5] for line in handle}
+    assert len(header) == 13
+    assert {s for s in states if s != s.upper()}, "state codes must come in mixed case"
+    day2_ids = {line.split(",", 1)[0] for line in dataset.day2.read_text(encoding="utf-8").splitlines()[1:]}
+    assert len(day2_ids) == dataset.day2_rows
+    assert not day2_ids & set(dataset.removed) and set(dataset.added) <= day2_ids
+
+
+def test_engine_counts_match_the_generator(dataset: Dataset, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    db, state = tmp_path / "engine.db", tmp_path / "engine.state.db"
+
+    t1 = _sync(dataset.day1, db, state, monkeypatch)
+    assert t1 == {"read": ROWS, "creates": ROWS, "updates": 0, "deletes": 0, "unchanged": 0, "errors": 0}
+
+    before = destination_fingerprint(db)
+    t2 = _sync(dataset.day1, db, state, monkeypatch)
+    assert t2 == {"read": ROWS, "creates": 0, "updates": 0, "deletes": 0, "unchanged": ROWS, "errors": 0}
+    assert destination_fingerprint(db) == before, "an unchanged rerun must not touch the destination"
+
+    t3 = _sync(dataset.day2, db, state, monkeypatch)
+    assert t3 == {"read": dataset.day2_rows, "creates": len(dataset.added), "updates": len(dataset.changed),
+                  "deletes": len(dataset.removed), "errors": 0,
+                  "unchanged": ROWS - len(dataset.changed) - len(dataset.removed)}
+
+    f_db, f_state = tmp_path / "floor.db", tmp_path / "floor.state.db"
+    assert floor.run(dataset.day1, f_db, f_state)["creates"] == ROWS
+    assert floor.run(dataset.day1, f_db, f_state)["unchanged"] == ROWS
+    f3 = floor.run(dataset.day2, f_db, f_state)
+    assert (f3["creates"], f3["updates"], f3["deletes"]) == (t3["creates"], t3["updates"], t3["deletes"])
+    assert tables_equal(db, f_db)
+
+    conn = sqlite3.connect(db)
+    row = conn.execute("SELECT origin_state, dest_state, lane, amount_cents, weight, delivered_on FROM loads "
+                       "WHERE id = 'L0000002'").fetchone()
+    conn.close()
+    source = next(line for line in dataset.day1.read_text(encoding="utf-8").splitlines()
+                  if line.startswith("L0000002,")).split(",")
+    assert row == (source[5].upper(), source[7].upper(), f"{source[5].upper()}-{source[7].upper()}",
+                   int(source[10].replace(".", "")), int(source[11]), source[9] or None)
+
+
+def test_tables_equal_notices_a_difference(dataset: Dataset, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.db", tmp_path / "b.db"
+    floor.run(dataset.day1, a, tmp_path / "a.state")
+    floor.run(dataset.day1, b, tmp_path / "b.state")
+    assert tables_equal(a, b)
+    conn = sqlite3.connect(b)
+    with conn:
+        conn.execute("UPDATE loads SET weight = weight + 1 WHERE id = 'L0000010'")
+    conn.close()
+    assert not tables_equal(a, b)
+
+
+def test_loopback_endpoint_keeps_the_connection_alive() -> None:
+    endpoint = Endpoint()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=10)
+        try:
+            statuses = []
+            for number in range(3):
+                conn.request("POST", "/loads", body=json.dumps({"id": f"L{number}"}),
+                             headers={"Content-Type": "application/json"})
+                answer = conn.getresponse()
+                answer.read()
+                statuses.append(answer.status)
+            conn.request("POST", "/loads", body=b"not json", headers={"Content-Type": "application/json"})
+            bad = conn.getresponse()
+            bad.read()
+        finally:
+            conn.close()
+        stats = endpoint.stats()
+    finally:
+        endpoint.stop()
+    assert statuses == [201, 201, 201] and bad.status == 400
+    assert stats["accepted"] == 3 and stats["rejected"] == 1 and stats["distinct_ids"] == 3
+    assert stats["connections"] == 2  # the one kept-alive connection, and the one /stats opened
+    assert endpoint.process.returncode == 0

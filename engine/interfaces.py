@@ -85,6 +85,11 @@ class SourceStream(Protocol):
     is durable in the state store (written, unchanged, or filtered out), never with failed ones.
     ``finish`` is called once after every record was acknowledged and returns the cursor the next
     run starts from (``None`` when the source has none); it is not called on a failed run or a plan.
+
+    A stream may set ``whole`` (read after ``read`` is exhausted): whether this run delivered the
+    source's entire set (a whole snapshot or a whole window), which is when missing keys may mean
+    deletes. Without the attribute, a read without a cursor is whole and a read from a cursor is not.
+    A source that ignores the cursor (a local file) sets ``whole = True``.
     """
 
     def read(self, cursor: str | None) -> Iterator[dict[str, Any]]: ...

@@ -351,8 +351,14 @@ class _SyncBatcher:
         if replaying:
             return
         self.leftover_dead_letters(mapping)
-        if self.sync.deletes_missing:
+        if not self.sync.deletes_missing:
+            return
+        # Missing keys mean deletes only when the source delivered its whole set this run.
+        if getattr(self.source, "whole", cursor is None):
             self.delete_missing(known_before)
+        else:
+            self.report.errors.append("deletes skipped: the source read only part of its records this run "
+                                      "(a cursor or no new file), so a missing key is not a delete")
 
     def flush(self, batch: dict[str, tuple[dict[str, Any], bytes, dict[str, Any]]],
               passed: list[dict[str, Any]], failed: list[tuple[RecordError, dict[str, Any]]]) -> None:

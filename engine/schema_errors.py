@@ -115,5 +115,6 @@ def validate_block(schema: dict[str, Any], data: Any, located: Located, base: Ya
     # "missing 'path'" says nothing new next to "unknown key 'pth' (did you mean 'path'?)" in the same block.
     suggested = {(p.path.rsplit(".", 1)[0], m.group(1)) for p in problems
                  if (m := re.search(r"^unknown key '[^']*' \(did you mean '([^']*)'\?\)$", p.message))}
+    missing = re.compile(r"^missing required key '([^']*)'$")
     return [p for p in problems
-            if not ((m := re.search(r"^missing required key '([^']*)'$", p.message)) and (p.path, m.group(1)) in suggested)]
+            if not ((m := missing.search(p.message)) and (p.path, m.group(1)) in suggested)]

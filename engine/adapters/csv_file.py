@@ -67,6 +67,8 @@ def read_csv(lines: Iterator[str], config: CsvConfig, name: str) -> Iterator[dic
 class CsvStream:
     """One sync's reading of the CSV files."""
 
+    whole = True  # every run reads every file: the cursor is not used
+
     def __init__(self, config: CsvConfig, files: list[Path]) -> None:
         self.config = config
         self.files = files

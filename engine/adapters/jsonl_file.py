@@ -34,6 +34,8 @@ class JsonlOptions:
 class JsonlStream:
     """One sync's reading of the files."""
 
+    whole = True  # every run reads every file: the cursor is not used
+
     def __init__(self, config: JsonlConfig, files: list[Path]) -> None:
         self.config = config
         self.files = files

@@ -9,7 +9,9 @@ from __future__ import annotations
 from engine.registry import REGISTRY, Registry
 
 BUILTIN: tuple[str, ...] = (
+    "engine.adapters.aljex_live",
     "engine.adapters.csv_file",
+    "engine.adapters.http_post",
     "engine.adapters.jsonl_file",
     "engine.adapters.sqlite_db",
 )

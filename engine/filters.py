@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -85,7 +85,7 @@ def to_timezone(value: Any, tz: str, assume: str = "UTC") -> datetime | None:
     if parsed is None:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc if assume == "UTC" else _zone(assume))
+        parsed = parsed.replace(tzinfo=UTC if assume == "UTC" else _zone(assume))
     return parsed.astimezone(_zone(tz))
 
 
@@ -116,14 +116,27 @@ def money(value: Any, places: int = 2) -> Decimal | None:
     return to_decimal(value, places)
 
 
+_CENT = Decimal("0.01")
+
+
 def cents(value: Any) -> int | None:
     """A money amount as integer cents (``'12.345'`` -> 1235, half up)."""
+    if value.__class__ is str:
+        try:  # the common case, plain decimal text, without the clean-up below
+            return int(Decimal(value).quantize(_CENT, ROUND_HALF_UP).scaleb(2))
+        except InvalidOperation:
+            pass
     number = to_decimal(value, 2)
     return None if number is None else int(number.scaleb(2))
 
 
 def strict_int(value: Any) -> int | None:
     """Text or number to int; ``'12.0'`` is 12, ``'12.5'`` and ``'abc'`` are errors, empty is null."""
+    if value.__class__ is str:
+        try:  # the common case, plain integer text
+            return int(value)
+        except ValueError:
+            pass
     if _empty(value):
         return None
     if isinstance(value, bool):
@@ -233,7 +246,19 @@ def split(value: Any, sep: str | None = None) -> list[str]:
     return [part.strip() for part in str(value).split(sep)]
 
 
+def upper(value: Any) -> str:
+    """Upper-case text (Jinja's own, without its detour for plain strings)."""
+    return value.upper() if value.__class__ is str else str(value).upper()
+
+
+def lower(value: Any) -> str:
+    """Lower-case text."""
+    return value.lower() if value.__class__ is str else str(value).lower()
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
+    "upper": upper,
+    "lower": lower,
     "parse_date": parse_date,
     "date": format_date,
     "format_date": format_date,

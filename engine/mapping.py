@@ -9,6 +9,7 @@ When a record fails, each field is rendered on its own to name the field that fa
 from __future__ import annotations
 
 import json
+import keyword
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,15 @@ def _assignment(name: str, ast: nodes.Template) -> nodes.Stmt:
     return nodes.AssignBlock(target, None, ast.body)
 
 
+_RESERVED = {"record", "vars", "env", "run", "loop", "self", "super", "caller", "varargs", "kwargs", KEEP, KEY}
+
+
+def _assignable(name: str) -> bool:
+    """Whether an output field can be a template variable of its own name."""
+    return name.isidentifier() and not keyword.iskeyword(name) and name not in _RESERVED \
+        and not name.startswith("syncengine_")
+
+
 def key_string(values: tuple[Any, ...]) -> str:
     """The state-store key for one record: the value itself, or a JSON list for composite keys."""
     if len(values) == 1:
@@ -87,11 +97,16 @@ class CompiledMapping:
         body: list[nodes.Node] = []
         self._constants: dict[int, Any] = {}
         templated: list[nodes.Stmt] = []
+        # Fast path: a flat mapping whose names are safe template variables assigns each field under
+        # its own name, so the context's variables *are* the output record (no copy per record).
+        self._direct = all(len(f.path) == 1 and _assignable(str(f.path[0])) for f in fields)
+        self._slots = [str(f.path[0]) if self._direct else _slot(i) for i, f in enumerate(fields)]
         for i, f in enumerate(fields):
             if f.is_template:
-                ast = env.parse(f.source)
-                templated.append(_assignment(_slot(i), ast))
+                templated.append(_assignment(self._slots[i], env.parse(f.source)))
                 self._single[_slot(i)] = compile_native(env, f.source)
+            elif self._direct:
+                templated.append(nodes.Assign(nodes.Name(self._slots[i], "store"), nodes.Const(f.source)))
             else:
                 self._constants[i] = f.source
         self._filter_at = filter_template[1] if filter_template else None
@@ -115,6 +130,14 @@ class CompiledMapping:
     def _builder(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """A function from the slots dict to the output record (flat fast path, nested general path)."""
         constants = self._constants
+        if self._direct:
+            extra = [name for name in (KEEP, KEY) if name in self._single]
+
+            def direct(v: dict[str, Any]) -> dict[str, Any]:
+                for name in extra:
+                    del v[name]
+                return v
+            return direct
         if all(len(f.path) == 1 for f in self.fields):
             names = [str(f.path[0]) for f in self.fields]
             slots = [_slot(i) for i in range(len(self.fields))]
@@ -146,20 +169,20 @@ class CompiledMapping:
                 pass
             if KEEP in slots and not slots[KEEP]:
                 return None
+            template_key = slots.get(KEY)
+            # A field that read a missing value holds an Undefined; one look at the few value types finds it.
+            if any(issubclass(kind, Undefined) for kind in set(map(type, slots.values()))):
+                raise self._explain(record)
             values = self._build(slots)
         except (TemplateError, FilterError, ArithmeticError, TypeError, ValueError, LookupError):
             raise self._explain(record) from None
-        for value in values.values():
-            if isinstance(value, Undefined):
-                raise self._explain(record)
         if self.key_fields:
             try:
                 key = key_string(tuple(values[k] for k in self.key_fields))
             except KeyError as exc:
                 raise RecordError(f"key field {exc} is not in the mapped record") from None
         else:
-            key = slots[KEY]
-            key = key if isinstance(key, str) else key_string((key,))
+            key = template_key if isinstance(template_key, str) else key_string((template_key,))
         if key is None or key == "" or key == "null":
             raise RecordError("the record key is empty", field=",".join(self.key_fields) or "key",
                               location=self._key_at)

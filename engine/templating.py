@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import TemplateAssertionError
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
@@ -67,12 +68,39 @@ class EnvView(Mapping[str, str]):
         return len(os.environ)
 
 
+class FieldAccessCodeGenerator(CodeGenerator):
+    """Compiles ``name.field`` on a plain ``dict`` to an inline key lookup.
+
+    Reading a field of a record is most of what a mapping does; going through the environment's
+    ``getattr`` costs a Python call per field and record. The inline form reads only dictionary
+    keys (data, never attributes), so the sandbox has nothing to check; anything that is not a
+    plain dict holding the key still takes the sandboxed ``environment.getattr``.
+    """
+
+    def visit_Getattr(self, node: nodes.Getattr, frame: Frame) -> None:
+        if not isinstance(node.node, nodes.Name) or self.environment.is_async:
+            super().visit_Getattr(node, frame)
+            return
+        attr = repr(node.attr)
+        self.write("(")
+        self.visit(node.node, frame)
+        self.write(f"[{attr}] if ")
+        self.visit(node.node, frame)
+        self.write(f".__class__ is dict and {attr} in ")
+        self.visit(node.node, frame)
+        self.write(" else environment.getattr(")
+        self.visit(node.node, frame)
+        self.write(f", {attr}))")
+
+
 class SyncEnvironment(SandboxedEnvironment):
     """The sandbox, with a fast path for reading a field of a plain record ``dict``.
 
     For a ``dict``, a key wins over a method of the same name (``record.items`` is the column
     ``items`` when there is one), as a mapping's data is what an integrator means.
     """
+
+    code_generator_class = FieldAccessCodeGenerator
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is dict:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, syncengine
+
 from engine.adapters import BUILTIN
 from engine.registry import REGISTRY
 from engine.schema_export import adapter_exports

@@ -228,9 +228,9 @@ def status(pipeline: PipelineArg, state: StateOpt = None, as_json: JsonOpt = Fal
     for column in ("sync", "known", "cursor", "dead letters", "last run", "result"):
         table.add_column(column)
     for row in rows:
-        last = row["last_run"] or {}
-        table.add_row(row["sync"], str(row["known"]), str(row["cursor"] or "-"), str(row["dead_letters"]),
-                      str(last.get("started_at", "never")), str(last.get("status", "-")))
+        run = row["last_run"] if isinstance(row["last_run"], dict) else {}
+        table.add_row(str(row["sync"]), str(row["known"]), str(row["cursor"] or "-"), str(row["dead_letters"]),
+                      str(run.get("started_at", "never")), str(run.get("status", "-")))
     out.print(table)
 
 

@@ -165,7 +165,7 @@ class _Checker:
                 self.template(value, (*path, key), CONFIG_NAMES)
         if len(self.problems) > before:
             return None
-        config = build(spec.config_type, {k: v for k, v in block.items() if k != "type"})
+        config: Any = build(spec.config_type, {k: v for k, v in block.items() if k != "type"})
         return Endpoint(name, spec.role, spec, config, self.at(path))
 
     # --- syncs --------------------------------------------------------------------------------
@@ -362,7 +362,8 @@ def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: s
     if not isinstance(data, dict):
         raise PipelineInvalid([located.problem((), "a pipeline must be a mapping of keys to values")])
     checker.problems.extend(validate_block(load_schema("pipeline.schema.json"), data, located))
-    checker.vars = data.get("vars") if isinstance(data.get("vars"), dict) else {}
+    declared_vars = data.get("vars")
+    checker.vars = declared_vars if isinstance(declared_vars, dict) else {}
 
     def section(name: str) -> dict[str, Any]:
         value = data.get(name)

@@ -60,10 +60,9 @@ def format_date(value: Any, format: str = "%Y-%m-%d", tz: str | None = None) -> 
     if _empty(value):
         return None
     parsed = parse_date(value)
-    assert parsed is not None
-    if tz:
+    if parsed is not None and tz:
         parsed = to_timezone(parsed, tz)
-    return parsed.strftime(format)
+    return None if parsed is None else parsed.strftime(format)
 
 
 def iso8601(value: Any, tz: str | None = None) -> str | None:
@@ -73,10 +72,9 @@ def iso8601(value: Any, tz: str | None = None) -> str | None:
     if isinstance(value, date) and not isinstance(value, datetime):
         return value.isoformat()
     parsed = parse_date(value)
-    assert parsed is not None
-    if tz:
+    if parsed is not None and tz:
         parsed = to_timezone(parsed, tz)
-    return parsed.isoformat()
+    return None if parsed is None else parsed.isoformat()
 
 
 def to_timezone(value: Any, tz: str, assume: str = "UTC") -> datetime | None:

@@ -163,7 +163,8 @@ class CompiledMapping:
         """The mapped record, or ``None`` when ``filter:`` drops it; raises :class:`RecordError`."""
         ctx = self._ctx
         ctx.parent["record"] = record
-        ctx.vars = slots = {}
+        slots: dict[str, Any] = {}
+        ctx.vars = slots
         try:
             for _ in self._root(ctx):
                 pass

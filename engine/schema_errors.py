@@ -72,7 +72,7 @@ def _problems(error: ValidationError, located: Located, base: YamlPath) -> Itera
         return
     if error.validator == "type":
         wanted = error.validator_value
-        names = " or ".join(_TYPE_NAMES.get(t, t) for t in (wanted if isinstance(wanted, list) else [wanted]))
+        names = " or ".join(_TYPE_NAMES.get(str(t), str(t)) for t in (wanted if isinstance(wanted, list) else [wanted]))
         yield located.problem(path, f"expected {names}, got {_kind(instance)}")
         return
     if error.validator in ("anyOf", "oneOf"):
@@ -87,7 +87,7 @@ def _problems(error: ValidationError, located: Located, base: YamlPath) -> Itera
             if sub.validator == "type":
                 wanted = sub.validator_value
                 kinds.extend(wanted if isinstance(wanted, list) else [wanted])
-        names = " or ".join(dict.fromkeys(_TYPE_NAMES.get(k, k) for k in kinds)) or "another value"
+        names = " or ".join(dict.fromkeys(_TYPE_NAMES.get(str(k), str(k)) for k in kinds)) or "another value"
         yield located.problem(path, f"expected {names}, got {_kind(instance)}")
         return
     if error.validator == "minProperties" and error.validator_value == 1:

@@ -143,11 +143,12 @@ def single_expression(ast: nodes.Template) -> nodes.Expr | None:
 def attribute_uses(ast: nodes.Template, name: str) -> Iterator[tuple[str, int]]:
     """(attribute, line) of every ``name.attribute`` and ``name['attribute']`` in a template."""
     for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
+        target = getattr(node, "node", None)
         if isinstance(target, nodes.Name) and target.name == name:
             if isinstance(node, nodes.Getattr):
                 yield node.attr, node.lineno
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+                    and isinstance(node.arg.value, str):
                 yield node.arg.value, node.lineno
 
 

@@ -488,12 +488,12 @@ class _SyncBatcher:
         For a snapshot every missing key is a delete; for a window, only the missing keys whose last
         known values make ``delete_when`` true (the record should still be inside the window).
         """
+        store = self.store
+        if not store.collect_missing(self.stream_id):
+            return
         if self.unkeyed_errors:
             self.report.errors.append(f"deletes skipped: {self.unkeyed_errors} record(s) failed before their key "
                                       "was known, so a missing key may not mean a delete")
-            return
-        store = self.store
-        if not store.collect_missing(self.stream_id):
             return
         condition = self.delete_condition()
         doomed = sum(len([r for r in rows if condition(r)]) for rows in store.missing(self.size))

@@ -177,4 +177,5 @@ syncs:
     pipeline.write_text(pipeline.read_text().replace("{name: db, table: stock}",
                                                      "{name: db, table: stock, create_table: true}"))
     assert syncengine("apply", pipeline).code == 0
-    assert rows(tmp_path / "out.db", "SELECT sku, qty, extra FROM stock ORDER BY sku") == [("B", 20, "x"), ("C", 30, "x")]
+    assert rows(tmp_path / "out.db", "SELECT sku, qty, extra FROM stock ORDER BY sku") == [
+        ("B", 20, "x"), ("C", 30, "x")]

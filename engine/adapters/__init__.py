@@ -13,6 +13,7 @@ BUILTIN: tuple[str, ...] = (
     "engine.adapters.csv_file",
     "engine.adapters.http_post",
     "engine.adapters.jsonl_file",
+    "engine.adapters.sftp",
     "engine.adapters.sqlite_db",
 )
 

@@ -53,9 +53,24 @@ DeadRow = tuple[str, str | None, str | None, str | None, str, str | None, str | 
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
+_NAME_KEYS: dict[tuple[str, ...], bytes] = {}
+
+
 def record_hash(values: Mapping[str, Any]) -> bytes:
-    """A 16-byte digest of a mapped record (field names, order and typed values)."""
-    return hashlib.blake2b(repr(values).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    """A 16-byte digest of a mapped record: its field names and order, and its typed values.
+
+    The names key the hash (computed once per set of names) so that only the values are turned
+    into text per record.
+    """
+    names = tuple(values)
+    key = _NAME_KEYS.get(names)
+    if key is None:
+        if len(_NAME_KEYS) > 4096:  # records without a mapping may vary their fields
+            _NAME_KEYS.clear()
+        key = _NAME_KEYS[names] = hashlib.blake2b(repr(names).encode("utf-8", "surrogatepass"),
+                                                  digest_size=16).digest()
+    text = repr(tuple(values.values())).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=16, person=key).digest()
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import TemplateAssertionError
+from jinja2.idtracking import VAR_LOAD_RESOLVE
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import missing
 
@@ -91,6 +92,28 @@ class FieldAccessCodeGenerator(CodeGenerator):
         self.write(" else environment.getattr(")
         self.visit(node.node, frame)
         self.write(f", {attr}))")
+
+
+    def visit_Name(self, node: nodes.Name, frame: Frame) -> None:
+        # The engine always passes record, vars, env and run, so a load of one of them needs no
+        # "is it undefined?" test at every use (the test costs more than the read).
+        if node.ctx == "load" and node.name in CONTEXT_NAMES:
+            ref = frame.symbols.ref(node.name)
+            load = frame.symbols.find_load(ref)
+            if load is not None and load[0] == VAR_LOAD_RESOLVE:
+                self.write(ref)
+                return
+        super().visit_Name(node, frame)
+
+    def pop_assign_tracking(self, frame: Frame) -> None:
+        # A mapping reads its fields from ``context.vars``; no template imports it, so the
+        # per-field bookkeeping of exported names Jinja adds at the top level is skipped.
+        if frame.toplevel and not frame.block_frame and not frame.loop_frame:
+            names = self._assign_stack.pop()
+            for name in sorted(names):
+                self.writeline(f"context.vars[{name!r}] = {frame.symbols.ref(name)}")
+            return
+        super().pop_assign_tracking(frame)
 
 
 class SyncEnvironment(SandboxedEnvironment):

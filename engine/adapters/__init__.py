@@ -14,6 +14,7 @@ BUILTIN: tuple[str, ...] = (
     "engine.adapters.http_post",
     "engine.adapters.jsonl_file",
     "engine.adapters.sftp",
+    "engine.adapters.sftp_destination",
     "engine.adapters.sqlite_db",
 )
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.adapters.csv_file import CsvConfig, read_csv
-from engine.adapters.sftp_connection import SftpConnectionConfig, SftpSession, connect
-from engine.errors import ConnectError, RecordError, RunFailed, TransientError
+from engine.adapters.sftp_connection import LazySession, SftpConnectionConfig, SftpSession
+from engine.errors import RecordError, RunFailed, TransientError
 from engine.interfaces import StreamContext
 from engine.registry import REGISTRY
 from engine.typed_config import option
@@ -171,21 +171,12 @@ class SftpSource:
     def __init__(self, config: SftpSourceConfig, base_dir: Path) -> None:
         self.config = config
         self.base_dir = base_dir
-        self._session: SftpSession | None = None
-        self._failure: ConnectError | None = None
+        self.connection = LazySession(config, base_dir)
         self._listing: list[RemoteFile] | None = None
 
     def session(self) -> SftpSession:
-        """The shared session, connected on first use; a failed connection is not retried by later syncs."""
-        if self._failure is not None:
-            raise ConnectError(self._failure.message)
-        if self._session is None:
-            try:
-                self._session = connect(self.config, self.base_dir)
-            except ConnectError as exc:
-                self._failure = exc
-                raise
-        return self._session
+        """The shared session, connected on first use."""
+        return self.connection.get()
 
     def listing(self) -> list[RemoteFile]:
         """The regular files of the directory that match ``pattern``, listed once per run, by name."""
@@ -214,6 +205,4 @@ class SftpSource:
 
     def close(self) -> None:
         """Close the connection."""
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        self.connection.close()

@@ -149,6 +149,38 @@ class SftpSession:
         self.transport.close()
 
 
+class LazySession:
+    """The session of one pipeline source or destination: connected on first use, shared by its syncs.
+
+    A failed connection is remembered, so the syncs after the first fail with the same line
+    instead of knocking on the server again (a wrong password would count as several attempts).
+    """
+
+    def __init__(self, config: SftpConnectionConfig, base_dir: Path) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self._session: SftpSession | None = None
+        self._failure: str | None = None
+
+    def get(self) -> SftpSession:
+        """The connected session."""
+        if self._failure is not None:
+            raise ConnectError(self._failure)
+        if self._session is None:
+            try:
+                self._session = connect(self.config, self.base_dir)
+            except ConnectError as exc:
+                self._failure = exc.message
+                raise
+        return self._session
+
+    def close(self) -> None:
+        """Close the session, if one was opened."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
 def connect(config: SftpConnectionConfig, base_dir: Path) -> SftpSession:
     """Open, verify and authenticate a session; any failure is one :class:`ConnectError` line."""
     import paramiko

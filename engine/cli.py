@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from engine.adapters import register_builtins
@@ -48,28 +48,40 @@ def _fail(exc: SyncEngineError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
-def _progress_printer() -> Callable[[str, int], None]:
-    """Records/s per sync: a live line on a terminal, a line per sync otherwise (printed at the end)."""
-    started: dict[str, float] = {}
-    live = sys.stderr.isatty()
+class _Progress:
+    """A live progress bar per sync (records read, records/s) on a terminal; silent otherwise."""
 
-    def progress(sync: str, read: int) -> None:
-        now = time.perf_counter()
-        begin = started.setdefault(sync, now)
-        if live:
-            rate = read / (now - begin) if now > begin else 0.0
-            sys.stderr.write(f"\r{sync}: {read:,} records read, {rate:,.0f} records/s ")
-            sys.stderr.flush()
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
 
-    return progress
+    def __call__(self, sync: str, read: int) -> None:
+        if not self.live:
+            return
+        if self.bar is None:
+            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed:,.0f} records"), TextColumn("{task.fields[rate]}"),
+                                TimeElapsedColumn(), console=err, transient=False)
+            self.bar.start()
+        if sync not in self.tasks:
+            self.tasks[sync] = self.bar.add_task(sync, total=None, rate="", started_at=time.perf_counter())
+        task = self.tasks[sync]
+        started = self.bar.tasks[task].fields["started_at"]
+        elapsed = time.perf_counter() - started
+        rate = f"{read / elapsed:,.0f} records/s" if elapsed > 0 else ""
+        self.bar.update(task, completed=read, rate=rate)
+
+    def stop(self) -> None:
+        """Leave the bars as they ended."""
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def _summary(report: RunReport, as_json: bool) -> None:
     if as_json:
         out.print(json.dumps(report.to_dict(), default=str, indent=2), markup=False)
         return
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
     title = f"{'plan' if report.dry_run else 'apply'} {report.pipeline} (run {report.run_id})"
     table = Table(title=title, title_justify="left")
     for column in ("sync", "status", "read", "creates", "updates", "deletes", "unchanged", "filtered", "errors",
@@ -101,11 +113,14 @@ def _run(pipeline: Path, options: RunOptions, state: str | None, as_json: bool) 
         engine = Engine(loaded, state_path=state, dry_run=options.dry_run)
     except SyncEngineError as exc:
         raise _fail(exc) from None
+    progress = options.progress
     try:
         report = engine.run(options)
     except SyncEngineError as exc:
         raise _fail(exc) from None
     finally:
+        if isinstance(progress, _Progress):
+            progress.stop()
         engine.close()
     _summary(report, as_json)
     raise typer.Exit(report.exit_code)
@@ -142,7 +157,7 @@ def apply(pipeline: PipelineArg, sync: SyncOpt = None,
                                                       help="Allow deletes beyond max_delete_share.")] = False,
           state: StateOpt = None, as_json: JsonOpt = False) -> None:
     """Run the syncs: send creates, updates and deletes since the last good run."""
-    progress = None if as_json else _progress_printer()
+    progress = None if as_json else _Progress()
     _run(pipeline, RunOptions(syncs=tuple(sync or ()), full_refresh=full_refresh, since=since,
                               force_deletes=force_deletes, progress=progress), state, as_json)
 

@@ -49,6 +49,7 @@ class Reply:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: do not wait for a delayed ACK
     server: ScriptedServer
 
     def log_message(self, format: str, *args: Any) -> None:

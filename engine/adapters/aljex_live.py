@@ -107,6 +107,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; without TCP_NODELAY the body waits for the peer's
+    # delayed ACK (40 ms on Linux) on every keep-alive request.
+    disable_nagle_algorithm = True
     server_version = "syncengine"
     sys_version = ""
     server: _Server

@@ -10,6 +10,7 @@ so they stop the run instead of dead-lettering each record.
 from __future__ import annotations
 
 import base64
+import os
 import random
 import threading
 import time
@@ -57,7 +58,7 @@ def basic_auth_header(username: str | None, password: str | None) -> dict[str, s
     return {"Authorization": f"Basic {token}"}
 
 
-def make_session(config: HttpConnectionConfig, base_dir: Path, pool_size: int) -> requests.Session:
+def make_session(config: HttpConnectionConfig, base_dir: Path, url: str, pool_size: int) -> requests.Session:
     """A session whose connection pool holds ``pool_size`` keep-alive connections per host."""
     import requests  # imported on first use, so registering the adapter stays cheap
     from requests.adapters import HTTPAdapter
@@ -66,7 +67,12 @@ def make_session(config: HttpConnectionConfig, base_dir: Path, pool_size: int) -
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    session.verify = str(base_dir / config.ca_file) if config.ca_file else True
+    # The environment (proxies, NO_PROXY, a CA bundle) is read once here: requests would read all
+    # of os.environ on every request, which costs more than the request itself on loopback.
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(url)
+    env_ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    session.verify = str(base_dir / config.ca_file) if config.ca_file else (env_ca or True)
     return session
 
 
@@ -87,6 +93,10 @@ def retry_after(response: requests.Response) -> float | None:
             return None
 
 
+class Aborted(ConnectError):
+    """A request given up because another request of its batch found the server unusable."""
+
+
 @dataclass(frozen=True)
 class Attempted:
     """The last answer to a request: a response, or why there was none after every retry."""
@@ -102,9 +112,29 @@ class Sender:
     def __init__(self, config: HttpConnectionConfig, session: requests.Session) -> None:
         self.config = config
         self.session = session
-        import requests.exceptions
+        import requests
 
         self.errors = requests.exceptions
+        self._request_type = requests.Request
+        self._templates: dict[tuple[str, str, int], tuple[dict[str, str], requests.PreparedRequest]] = {}
+
+    def prepare(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> requests.PreparedRequest:
+        """The request ready to send. Preparing parses the URL and merges the session's settings, which
+        costs as much as sending on loopback, so a prepared template per (method, URL, headers) is
+        copied and given the body."""
+        slot = (method, url, id(headers))
+        cached = self._templates.get(slot)
+        if cached is not None and cached[0] is headers:  # the cache holds `headers`, so its id is not reused
+            template = cached[1]
+        else:
+            template = self.session.prepare_request(self._request_type(method, url, headers=headers))
+            if len(self._templates) < 256:  # URLs with a record id in them are prepared each time
+                self._templates[slot] = (headers, template)
+        prepared = template.copy()
+        prepared.body = body
+        if body is not None:
+            prepared.headers["Content-Length"] = str(len(body))
+        return prepared
 
     def delay(self, attempt: int, hint: float | None) -> float:
         """Backoff for the ``attempt``-th retry: doubling, jittered, at least the server's hint."""
@@ -124,11 +154,11 @@ class Sender:
         attempt = 0
         while True:
             if abort.is_set():
-                raise ConnectError("stopped: another request of this batch could not reach the server")
+                raise Aborted("stopped: another request of this batch could not reach the server")
             hint: float | None = None
             try:
-                response = self.session.request(method, url, data=body, headers=headers, timeout=config.timeout,
-                                                allow_redirects=False)
+                response = self.session.send(self.prepare(method, url, body, headers), timeout=config.timeout,
+                                             allow_redirects=False)
             except self.errors.SSLError as exc:
                 abort.set()
                 raise ConnectError(f"TLS verification of {_origin(url)} failed: {_reason(exc)}") from exc

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlencode
 
 from engine.adapters.http_client import (
+    Aborted,
     Attempted,
     HttpConnectionConfig,
     Sender,
@@ -43,7 +44,7 @@ from engine.typed_config import option
 if TYPE_CHECKING:
     import requests
 
-MAX_BATCH = 500
+MAX_BATCH = 1000
 GONE = frozenset({404, 410})
 
 
@@ -130,7 +131,13 @@ class HttpPostStream:
         sender = self.owner.sender  # made here, before the pool threads share it
         if len(changes) == 1:
             return [self.send(changes[0], sender, abort)]
-        return list(self.owner.pool.map(lambda change: self.send(change, sender, abort), changes))
+        futures = [self.owner.pool.submit(self.send, change, sender, abort) for change in changes]
+        wait(futures)
+        errors = [exc for f in futures if (exc := f.exception()) is not None]
+        if errors:
+            # Report the request that found the problem, not those it stopped.
+            raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])
+        return [f.result() for f in futures]
 
     def finish(self) -> None:
         """Nothing is buffered."""
@@ -212,7 +219,8 @@ class HttpPostDestination:
     def sender(self) -> Sender:
         """The session and its retry logic, made on first use."""
         if self._sender is None:
-            self._sender = Sender(self.config, make_session(self.config, self.base_dir, self.config.concurrency))
+            session = make_session(self.config, self.base_dir, self.config.url, self.config.concurrency)
+            self._sender = Sender(self.config, session)
         return self._sender
 
     @property

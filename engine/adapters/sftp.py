@@ -126,7 +126,7 @@ class SftpStream:
             raise RunFailed(f"{session.where}: cannot open {path}: {exc.strerror or exc}") from exc
         try:
             handle.prefetch(remote.size, max_concurrent_requests=PREFETCH_LIMIT)
-            text = io.TextIOWrapper(handle, encoding=self.options.encoding, newline="")  # type: ignore[arg-type]
+            text = io.TextIOWrapper(handle, encoding=self.options.encoding, newline="")
             try:
                 yield from read_csv(text, self.csv, remote.name)
             except UnicodeDecodeError as exc:

@@ -30,7 +30,8 @@ from engine.registry import REGISTRY
 from engine.templating import EnvView, make_environment
 from engine.typed_config import option
 
-QUOTING = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL, "nonnumeric": csv.QUOTE_NONNUMERIC}
+QUOTING: dict[str, Literal[0, 1, 2, 3]] = {
+    "minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL, "nonnumeric": csv.QUOTE_NONNUMERIC}
 
 
 @dataclass(frozen=True, kw_only=True)

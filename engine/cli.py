@@ -335,6 +335,11 @@ def serve(pipeline: PipelineArg,
 
 def main() -> None:
     """Console entry point."""
+    import logging
+    import os
+
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("SYNCENGINE_DEBUG") else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except KeyboardInterrupt:

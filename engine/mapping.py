@@ -179,14 +179,15 @@ class CompiledMapping:
             raise self._explain(record) from None
         if self.key_fields:
             try:
-                key = key_string(tuple(values[k] for k in self.key_fields))
+                parts = tuple(values[k] for k in self.key_fields)
             except KeyError as exc:
                 raise RecordError(f"key field {exc} is not in the mapped record") from None
         else:
-            key = template_key if isinstance(template_key, str) else key_string((template_key,))
-        if key is None or key == "" or key == "null":
+            parts = (template_key,)
+        if None in parts or "" in parts:
             raise RecordError("the record key is empty", field=",".join(self.key_fields) or "key",
                               location=self._key_at)
+        key = parts[0] if len(parts) == 1 and parts[0].__class__ is str else key_string(parts)
         return MappedRecord(key, values)
 
     def _explain(self, record: dict[str, Any]) -> RecordError:
@@ -279,15 +280,15 @@ class IdentityMapping:
         """The record itself, keyed."""
         if self.key_fields:
             try:
-                key = key_string(tuple(record[k] for k in self.key_fields))
+                parts = tuple(record[k] for k in self.key_fields)
             except KeyError as exc:
                 raise RecordError(f"the record has no key field {exc}") from None
         else:
             assert self._key_template is not None
             try:
-                key = str(self._key_template({**self._context, "record": record}))
+                parts = (self._key_template({**self._context, "record": record}),)
             except Exception as exc:  # noqa: BLE001 - reported as a record error
                 raise RecordError(_message(exc), field="key") from None
-        if key in ("", "None"):
+        if None in parts or "" in parts:
             raise RecordError("the record key is empty", field="key")
-        return MappedRecord(key, dict(record))
+        return MappedRecord(key_string(parts), dict(record))

@@ -289,6 +289,11 @@ class Engine:
             status, report.message = "failed", self.redactor.text(str(exc))
         except SyncEngineError as exc:
             status, report.message = "failed", self.redactor.text(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must still close the run record, not leave it 'running'
+            log.debug("unexpected error in sync %s", sync.name, exc_info=True)
+            status = "failed"
+            report.message = self.redactor.text(f"unexpected {type(exc).__name__}: {exc} "
+                                                "(set SYNCENGINE_DEBUG=1 for the traceback)")
         report.status = status
         report.seconds = time.perf_counter() - started
         if not options.dry_run:

@@ -114,17 +114,26 @@ class StateStore:
 
     def __init__(self, path: Path | str, *, read_only_plan: bool = False) -> None:
         self.path = path
+        self.read_only = read_only_plan
         target = str(path)
         if read_only_plan and (target == ":memory:" or not Path(target).exists()):
-            target = ":memory:"
-        elif target != ":memory:":
+            target = ":memory:"  # a plan of a never-run pipeline: everything is new, nothing is created
+        elif target != ":memory:" and not read_only_plan:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+        if read_only_plan and target != ":memory:":
+            # A plan reads the state but must not change it: the file is opened read-only.
+            self.db = sqlite3.connect(f"{Path(target).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                      check_same_thread=False)
+        else:
+            self.db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA busy_timeout = 10000")
+        self.db.execute("PRAGMA temp_store = FILE")
+        if self.read_only and target != ":memory:":
+            self._temp_ready = False
+            return
         if target != ":memory:":
             self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")
-        self.db.execute("PRAGMA temp_store = FILE")
         self.db.executescript(_SCHEMA)
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._temp_ready = False
@@ -136,7 +145,10 @@ class StateStore:
     # --- streams and cursors -------------------------------------------------------------------
 
     def stream_id(self, pipeline: str, sync: str) -> int:
-        """The id of a pipeline's sync, created on first use."""
+        """The id of a pipeline's sync, created on first use (a plan gets -1 for a sync never run)."""
+        if self.read_only:
+            found = self.find_stream(pipeline, sync)
+            return -1 if found is None else found
         self.db.execute("INSERT OR IGNORE INTO streams (pipeline, sync) VALUES (?, ?)", (pipeline, sync))
         row = self.db.execute("SELECT id FROM streams WHERE pipeline = ? AND sync = ?", (pipeline, sync)).fetchone()
         return int(row[0])
@@ -218,7 +230,9 @@ class StateStore:
     # --- runs --------------------------------------------------------------------------------------
 
     def begin_run(self, stream_id: int, run_id: str, kind: str, started_at: str) -> int:
-        """Record the start of one sync's run."""
+        """Record the start of one sync's run (a plan records nothing)."""
+        if self.read_only:
+            return 0
         cur = self.db.execute("INSERT INTO runs (run_id, stream_id, kind, started_at, status) VALUES (?, ?, ?, ?, "
                               "'running')", (run_id, stream_id, kind, started_at))
         return int(cur.lastrowid or 0)

@@ -113,3 +113,9 @@ def test_an_empty_key_is_an_error() -> None:
     with pytest.raises(RecordError) as caught:
         mapping({"id": "{{ record.id }}"}).map({"id": ""})
     assert caught.value.message == "the record key is empty"
+
+
+def test_keys_that_look_like_null_are_still_keys() -> None:
+    m = mapping({"id": "{{ record.id }}"})
+    assert [m.map({"id": v}).key for v in ("null", "None", "0")] == ["null", "None", "0"]  # type: ignore[union-attr]
+    assert m.map({"id": 0}).key == "0"  # type: ignore[union-attr]

@@ -64,11 +64,13 @@ def test_plan_after_apply_reports_the_pending_change(quickstart: Path) -> None:
     csv_file = quickstart.parent / "customers.csv"
     csv_file.write_text(csv_file.read_text(encoding="utf-8").replace("au,H", "au,A"), encoding="utf-8")
     db = quickstart.parent / "out" / "warehouse.db"
-    before = digest(db)
+    state = quickstart.parent / ".syncengine" / "state.db"
+    before, state_before = digest(db), digest(state)
     report = json.loads(syncengine("plan", quickstart, "--json").out)["syncs"]["customers"]
     assert (report["creates"], report["updates"], report["unchanged"]) == (0, 1, 4)
     assert report["samples"]["update"][0]["values"]["status"] == "Active"
     assert digest(db) == before
+    assert digest(state) == state_before, "plan wrote to the state store"
     applied = syncengine("apply", quickstart)
     assert "customers: 0 creates, 1 updates, 0 deletes" in applied.out
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from engine.errors import ConfigError, ConnectError
+from engine.errors import ConfigError, ConnectError, RunFailed
 from engine.interfaces import ACTIONS, Delivery, PushEvent
 from engine.registry import REGISTRY
 from engine.typed_config import option, secret
@@ -115,8 +115,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
-        self.timeout = self.server.receiver.config.idle_timeout
         super().setup()
+        # A silent or stalled connection would hold its thread, and a stop, for ever.
+        self.connection.settimeout(self.server.receiver.config.idle_timeout)
 
     def handle_one_request(self) -> None:
         self.server.track(self.connection, False)
@@ -265,6 +266,10 @@ class AljexLiveReceiver:
         user, _, password = decoded.partition(b":")
         # `&`, not `and`: both comparisons always run.
         return hmac.compare_digest(user, self._user) & hmac.compare_digest(password, self._password)
+
+    def open_stream(self, options: AljexLiveOptions, ctx: Any) -> None:
+        """A receiver cannot be pulled: ``apply`` reaches this for a live sync, and is told so."""
+        raise RunFailed(f"sync '{ctx.sync}' is fed by Aljex live posts; run it with `syncengine serve`")
 
     def route(self, options: AljexLiveOptions) -> str:
         """The table name a sync receives."""

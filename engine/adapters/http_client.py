@@ -139,7 +139,7 @@ class Sender:
     def delay(self, attempt: int, hint: float | None) -> float:
         """Backoff for the ``attempt``-th retry: doubling, jittered, at least the server's hint."""
         cap = self.config.max_backoff
-        wait = min(cap, self.config.backoff * (2 ** attempt)) * (0.5 + random.random() / 2)
+        wait = min(cap, self.config.backoff * float(2 ** attempt)) * (0.5 + random.random() / 2)
         return min(cap, max(wait, hint or 0.0))
 
     def send(self, method: str, url: str, *, body: bytes | None, headers: dict[str, str],

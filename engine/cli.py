@@ -82,6 +82,9 @@ def _summary(report: RunReport, as_json: bool) -> None:
     if as_json:
         out.print(json.dumps(report.to_dict(), default=str, indent=2), markup=False)
         return
+    if report.error:
+        err.print(f"error: {report.error}", markup=False)
+        return
     title = f"{'plan' if report.dry_run else 'apply'} {report.pipeline} (run {report.run_id})"
     table = Table(title=title, title_justify="left")
     for column in ("sync", "status", "read", "creates", "updates", "deletes", "unchanged", "filtered", "errors",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +51,7 @@ class StreamContext:
     fields: tuple[str, ...] | None
     run: RunInfo
     log: logging.Logger
+    vars: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -154,9 +155,15 @@ class Delivery:
 class PushSource(Protocol):
     """A receiver: ``serve`` blocks, handing each arriving record to ``deliver`` until ``stop`` is set.
 
-    ``deliver`` returns only once the write and the state are durable, so a receiver answers its
-    sender after it returns and never before.
+    ``bind`` opens the listening socket (port 0 picks a free one) and returns the URL it serves;
+    ``route`` names the route a sync's source options select (an Aljex table name). ``deliver``
+    returns only once the write and the state are durable, so a receiver answers its sender after
+    it returns and never before.
     """
+
+    def bind(self, host: str, port: int) -> str: ...
+
+    def route(self, options: Any) -> str: ...
 
     def serve(self, deliver: Callable[[PushEvent], Delivery], stop: threading.Event) -> None: ...
 

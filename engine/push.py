@@ -35,35 +35,33 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from engine.config import Pipeline, SyncSpec
 from engine.errors import EXIT_FAILED, EXIT_OK, ConfigError, RecordError, SyncEngineError, TransientError
-from engine.interfaces import ACTIONS, CREATE, DELETE, OK, UPDATE, Change, Delivery, Outcome, PushEvent, RunInfo
+from engine.interfaces import (
+    ACTIONS,
+    CREATE,
+    DELETE,
+    OK,
+    UPDATE,
+    Change,
+    Delivery,
+    Outcome,
+    PushEvent,
+    PushSource,
+    RunInfo,
+)
 from engine.mapping import CompiledMapping, IdentityMapping
 from engine.runner import Engine, record_hash
+from engine.state_store import TOMBSTONE
 from engine.templating import EnvView
 
 log = logging.getLogger("syncengine").getChild("serve")
 
-TOMBSTONE = bytes(16)
 WRITE_RETRY_DELAYS = (0.2, 0.5, 1.0)
 """A pushed record is retried briefly: the sender is waiting, and it retries a 5xx itself."""
 PAST = {CREATE: "created", UPDATE: "updated", DELETE: "deleted"}
-
-
-class Listener(Protocol):
-    """What ``serve`` needs of a receiver besides :class:`~engine.interfaces.PushSource`.
-
-    ``bind`` opens the listening socket (port 0 picks a free one) and returns the URL it serves;
-    ``route`` names the route a sync's source options select (an Aljex table name).
-    """
-
-    def bind(self, host: str, port: int) -> str: ...
-
-    def route(self, options: Any) -> str: ...
-
-    def serve(self, deliver: Callable[[PushEvent], Delivery], stop: threading.Event) -> None: ...
 
 
 class PushSync:
@@ -132,9 +130,7 @@ class PushSync:
         return self._write(Change(DELETE, key, None, known[1] if known else None), TOMBSTONE, record)
 
     def _lookup(self, key: str) -> tuple[bytes, str | None] | None:
-        row = self.store.db.execute("SELECT hash, remote_id FROM records WHERE stream_id = ? AND key = ?",
-                                    (self.stream_id, key)).fetchone()
-        return None if row is None else (bytes(row[0]), row[1])
+        return self.store.lookup(self.stream_id, key)
 
     def _write(self, change: Change, digest: bytes, record: dict[str, Any]) -> Delivery:
         try:
@@ -223,7 +219,7 @@ class PushHub:
         self.routes: dict[str, dict[str, PushSync]] = {}
         self.lock = threading.Lock()
 
-    def add_receiver(self, name: str, receiver: Listener) -> list[str]:
+    def add_receiver(self, name: str, receiver: PushSource) -> list[str]:
         """Open the syncs fed by one receiver; returns their routes."""
         routes: dict[str, PushSync] = {}
         for sync in self.engine.pipeline.syncs.values():
@@ -260,7 +256,7 @@ class PushHub:
                     target.finish(status, message)
 
 
-def _serve(receiver: Listener, deliver: Callable[[PushEvent], Delivery], stop: threading.Event,
+def _serve(receiver: PushSource, deliver: Callable[[PushEvent], Delivery], stop: threading.Event,
            failures: list[str], redact: Callable[[str], str]) -> None:
     try:
         receiver.serve(deliver, stop)
@@ -285,7 +281,7 @@ def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str 
     restore = _on_signals(stop)
     try:
         for name in receivers:
-            receiver: Listener = engine.adapter(pipeline.sources[name])
+            receiver: PushSource = engine.adapter(pipeline.sources[name])
             routes = hub.add_receiver(name, receiver)
             url = receiver.bind(host, port)
             print(f"listening on {url} ({name}: {', '.join(routes)})", flush=True)

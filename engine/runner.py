@@ -23,6 +23,7 @@ from typing import Any
 from engine.config import Endpoint, Pipeline, SyncSpec
 from engine.errors import (
     ConfigError,
+    ConnectError,
     DeleteGuardTripped,
     RecordError,
     RunFailed,
@@ -100,6 +101,7 @@ class SyncReport:
     seconds: float = 0.0
     samples: dict[str, list[Any]] = field(default_factory=dict)
     cursor: str | None = None
+    stops_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
@@ -118,11 +120,13 @@ class RunReport:
     run_id: str
     dry_run: bool
     syncs: dict[str, SyncReport] = field(default_factory=dict)
+    error: str | None = None
+    """Why the run stopped before its last sync (a server that could not be reached or refused us)."""
 
     @property
     def exit_code(self) -> int:
         """0 done, 1 done with record errors, 3 a sync failed."""
-        if any(s.status == "failed" for s in self.syncs.values()):
+        if self.error or any(s.status == "failed" for s in self.syncs.values()):
             return 3
         if any(s.counts["errors"] for s in self.syncs.values()):
             return 1
@@ -131,7 +135,8 @@ class RunReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
         return {"pipeline": self.pipeline, "run_id": self.run_id, "dry_run": self.dry_run,
-                "exit_code": self.exit_code, "syncs": {n: s.to_dict() for n, s in self.syncs.items()}}
+                "exit_code": self.exit_code, "error": self.error,
+                "syncs": {n: s.to_dict() for n, s in self.syncs.items()}}
 
 
 class PlanWriter:
@@ -239,7 +244,7 @@ class Engine:
     def stream_context(self, sync: SyncSpec, mapping: CompiledMapping | IdentityMapping, run: RunInfo) -> StreamContext:
         """What the sync's streams are told about it."""
         return StreamContext(self.pipeline.name, sync.name, self.pipeline.base_dir, sync.key_fields,
-                             mapping.output_names, run, log.getChild(sync.name))
+                             mapping.output_names, run, log.getChild(sync.name), self.pipeline.vars)
 
     # --- running -------------------------------------------------------------------------------------
 
@@ -249,12 +254,22 @@ class Engine:
         unknown = [s for s in options.syncs if s not in self.pipeline.syncs]
         if unknown:
             raise ConfigError(f"unknown sync '{unknown[0]}'; the pipeline has: {', '.join(self.pipeline.syncs)}")
+        for name in options.syncs:
+            source = self.pipeline.sources[self.pipeline.syncs[name].source]
+            if source.role == "receiver":
+                raise ConfigError(f"sync '{name}' is fed by the receiver '{source.name}'; run "
+                                  "`syncengine serve` for it")
         for name, sync in self.pipeline.syncs.items():
             if options.syncs and name not in options.syncs:
                 continue
+            if self.pipeline.sources[sync.source].role == "receiver":
+                continue  # records arrive by themselves under `syncengine serve`
             if not sync.enabled and not options.syncs:
                 continue
-            report.syncs[name] = self.run_sync(sync, options)
+            result = report.syncs[name] = self.run_sync(sync, options)
+            if result.stops_run:
+                report.error = result.message
+                break
         return report
 
     def run_sync(self, sync: SyncSpec, options: RunOptions, *,
@@ -285,8 +300,10 @@ class Engine:
             if not options.dry_run:
                 writer.finish()
             status = "ok"
-        except (RunFailed, ConfigError, TransientError) as exc:
-            status, report.message = "failed", self.redactor.text(str(exc))
+        except ConnectError as exc:
+            # A server that cannot be reached or refuses us would fail every later sync the same
+            # way: the run ends after this one, with one line, instead of repeating it per sync.
+            status, report.message, report.stops_run = "failed", self.redactor.text(str(exc)), True
         except SyncEngineError as exc:
             status, report.message = "failed", self.redactor.text(str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug must still close the run record, not leave it 'running'

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+TOMBSTONE = bytes(16)
+"""The hash of a key a receiver was told to delete (no mapped record hashes to sixteen zero bytes)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -164,8 +166,15 @@ class StateStore:
         return None if row is None else row[0]
 
     def known_count(self, stream_id: int) -> int:
-        """How many records the state knows for a sync."""
-        return int(self.db.execute("SELECT count(*) FROM records WHERE stream_id = ?", (stream_id,)).fetchone()[0])
+        """How many live records the state knows for a sync (tombstones are not counted)."""
+        return int(self.db.execute("SELECT count(*) FROM records WHERE stream_id = ? AND hash <> ?",
+                                   (stream_id, TOMBSTONE)).fetchone()[0])
+
+    def lookup(self, stream_id: int, key: str) -> tuple[bytes, str | None] | None:
+        """The stored (hash, remote id) of one key, or ``None``."""
+        row = self.db.execute("SELECT hash, remote_id FROM records WHERE stream_id = ? AND key = ?",
+                              (stream_id, key)).fetchone()
+        return None if row is None else (bytes(row[0]), row[1])
 
     # --- change detection ------------------------------------------------------------------------
 

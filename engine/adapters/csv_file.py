@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.adapters.local_files import expand
+from engine.adapters.local_files import LocalFilesSource, LocalFilesStream
 from engine.errors import RecordError, RunFailed
-from engine.interfaces import StreamContext
 from engine.registry import REGISTRY
 from engine.typed_config import option
 
@@ -64,44 +63,23 @@ def read_csv(lines: Iterator[str], config: CsvConfig, name: str) -> Iterator[dic
             yield RecordError(f"{name} line {reader.line_num}: {len(row)} fields where the header has {width}")
 
 
-class CsvStream:
+class CsvStream(LocalFilesStream):
     """One sync's reading of the CSV files."""
 
-    whole = True  # every run reads every file: the cursor is not used
+    config: CsvConfig
 
-    def __init__(self, config: CsvConfig, files: list[Path]) -> None:
-        self.config = config
-        self.files = files
-
-    def read(self, cursor: str | None) -> Iterator[dict[str, Any] | RecordError]:
-        """Every row of every file; the cursor is ignored (a file is a snapshot or a window)."""
-        for path in self.files:
-            try:
-                with path.open("r", encoding=self.config.encoding, newline="") as handle:
-                    yield from read_csv(handle, self.config, path.name)
-            except UnicodeDecodeError as exc:
-                raise RunFailed(f"{path.name}: not {self.config.encoding} text ({exc.reason} at byte "
-                                f"{exc.start}); set encoding") from exc
-
-    def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Local files need no acknowledgement."""
-
-    def finish(self) -> str | None:
-        """No cursor."""
-        return None
+    def read_file(self, path: Path) -> Iterator[dict[str, Any] | RecordError]:
+        """The rows of one file."""
+        try:
+            with path.open("r", encoding=self.config.encoding, newline="") as handle:
+                yield from read_csv(handle, self.config, path.name)
+        except UnicodeDecodeError as exc:
+            raise RunFailed(f"{path.name}: not {self.config.encoding} text ({exc.reason} at byte "
+                            f"{exc.start}); set encoding") from exc
 
 
 @REGISTRY.source("csv", config=CsvConfig, options=CsvOptions)
-class CsvSource:
+class CsvSource(LocalFilesSource):
     """CSV files on the local disk (a path or a glob), streamed."""
 
-    def __init__(self, config: CsvConfig, base_dir: Path) -> None:
-        self.config = config
-        self.base_dir = base_dir
-
-    def open_stream(self, options: CsvOptions, ctx: StreamContext) -> CsvStream:
-        """Resolve the files now, so a missing file fails before anything is written."""
-        return CsvStream(self.config, expand(self.base_dir, self.config.path, options.files))
-
-    def close(self) -> None:
-        """Nothing to close."""
+    stream_class = CsvStream

@@ -1,11 +1,14 @@
-"""Shared pieces of the adapters that read local files."""
+"""Shared pieces of the adapters that read local files: the file list, and the stream and source shells."""
 
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from engine.errors import RunFailed
+from engine.errors import RecordError, RunFailed
+from engine.interfaces import StreamContext
 
 
 def expand(base_dir: Path, pattern: str, narrow: str | None = None) -> list[Path]:
@@ -17,3 +20,49 @@ def expand(base_dir: Path, pattern: str, narrow: str | None = None) -> list[Path
     if not files and not glob.has_magic(pattern):
         raise RunFailed(f"no such file: {pattern}")
     return files
+
+
+class LocalFilesStream:
+    """One sync's reading of local files: every run reads every file, so every read is whole.
+
+    Subclasses implement :meth:`read_file`; the cursor is not used, nothing needs acknowledging.
+    """
+
+    whole = True
+
+    def __init__(self, config: Any, files: list[Path]) -> None:
+        self.config = config
+        self.files = files
+
+    def read(self, cursor: str | None) -> Iterator[dict[str, Any] | RecordError]:
+        """Every record of every file, in file-name order."""
+        for path in self.files:
+            yield from self.read_file(path)
+
+    def read_file(self, path: Path) -> Iterator[dict[str, Any] | RecordError]:
+        """The records of one file."""
+        raise NotImplementedError
+
+    def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Local files need no acknowledgement."""
+
+    def finish(self) -> str | None:
+        """No cursor."""
+        return None
+
+
+class LocalFilesSource:
+    """A source of local files named by the config's ``path`` and the sync's ``files`` option."""
+
+    stream_class: type[LocalFilesStream] = LocalFilesStream
+
+    def __init__(self, config: Any, base_dir: Path) -> None:
+        self.config = config
+        self.base_dir = base_dir
+
+    def open_stream(self, options: Any, ctx: StreamContext) -> LocalFilesStream:
+        """Resolve the files now, so a missing file fails before anything is written."""
+        return self.stream_class(self.config, expand(self.base_dir, self.config.path, options.files))
+
+    def close(self) -> None:
+        """Nothing to close."""

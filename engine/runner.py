@@ -188,10 +188,20 @@ class Engine:
         self.pipeline = pipeline
         self.started_at = datetime.now(UTC)
         self.run_id = uuid.uuid4().hex[:12]
-        self.store = StateStore(state_path or pipeline.state_path, read_only_plan=dry_run)
+        self._state_path = state_path or pipeline.state_path
+        self._dry_run = dry_run
+        self._store: StateStore | None = None
         self.env = make_environment(pipeline.base_dir)
         self.redactor = Redactor({v for n in pipeline.secret_env if (v := EnvView().get(n))})
         self._open: dict[tuple[str, str], Any] = {}
+        self._configs: dict[tuple[str, str], Any] = {}
+
+    @property
+    def store(self) -> StateStore:
+        """The state store, opened on first use (a run refused before it starts creates none)."""
+        if self._store is None:
+            self._store = StateStore(self._state_path, read_only_plan=self._dry_run)
+        return self._store
 
     def close(self) -> None:
         """Close every adapter and the state store."""
@@ -201,7 +211,8 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - closing must not hide the run's own result
                 log.warning("closing an adapter failed: %s", self.redactor.text(str(exc)))
         self._open.clear()
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
 
     # --- adapters ----------------------------------------------------------------------------------
 
@@ -228,8 +239,20 @@ class Engine:
         """The adapter instance for an endpoint, opened on first use."""
         slot = (endpoint.role, endpoint.name)
         if slot not in self._open:
-            self._open[slot] = endpoint.spec.factory(self.render_config(endpoint), self.pipeline.base_dir)
+            config = self._configs.get(slot) or self.render_config(endpoint)
+            self._open[slot] = endpoint.spec.factory(config, self.pipeline.base_dir)
         return self._open[slot]
+
+    def prepare(self, syncs: list[SyncSpec], *, destinations: bool = True) -> None:
+        """Render the configs the syncs use before any runs, so a missing variable fails once, up front."""
+        for sync in syncs:
+            endpoints = [self.pipeline.sources[sync.source]]
+            if destinations:
+                endpoints.append(self.pipeline.destinations[sync.destination])
+            for endpoint in endpoints:
+                slot = (endpoint.role, endpoint.name)
+                if slot not in self._configs:
+                    self._configs[slot] = self.render_config(endpoint)
 
     def mapping(self, sync: SyncSpec, run: RunInfo) -> CompiledMapping | IdentityMapping:
         """The sync's mapping compiled for this run."""
@@ -259,13 +282,13 @@ class Engine:
             if source.role == "receiver":
                 raise ConfigError(f"sync '{name}' is fed by the receiver '{source.name}'; run "
                                   "`syncengine serve` for it")
-        for name, sync in self.pipeline.syncs.items():
-            if options.syncs and name not in options.syncs:
-                continue
-            if self.pipeline.sources[sync.source].role == "receiver":
-                continue  # records arrive by themselves under `syncengine serve`
-            if not sync.enabled and not options.syncs:
-                continue
+        selected = [sync for name, sync in self.pipeline.syncs.items()
+                    if (name in options.syncs if options.syncs else sync.enabled)
+                    # records of a receiver arrive by themselves, under `syncengine serve`
+                    and self.pipeline.sources[sync.source].role != "receiver"]
+        self.prepare(selected, destinations=not options.dry_run)
+        for sync in selected:
+            name = sync.name
             result = report.syncs[name] = self.run_sync(sync, options)
             if result.stops_run:
                 report.error = result.message

@@ -179,3 +179,27 @@ syncs:
     assert syncengine("apply", pipeline).code == 0
     assert rows(tmp_path / "out.db", "SELECT sku, qty, extra FROM stock ORDER BY sku") == [
         ("B", 20, "x"), ("C", 30, "x")]
+
+
+def test_a_missing_environment_variable_stops_before_anything_runs(tmp_path: Path) -> None:
+    pipeline = write(tmp_path / "p.yml", """\
+version: 1
+sources:
+  files: {type: csv, path: "{{ env.SYNCENGINE_TEST_MISSING_INPUT }}"}
+destinations:
+  db: {type: sqlite, path: out.db}
+syncs:
+  one:
+    source: files
+    destination: {name: db, table: one, create_table: true}
+    key: id
+  two:
+    source: files
+    destination: {name: db, table: two, create_table: true}
+    key: id
+""")
+    result = syncengine("apply", pipeline)
+    assert result.code == 2
+    assert result.text.splitlines() == [
+        f"error: {pipeline}:3: sources.files.path: environment variable 'SYNCENGINE_TEST_MISSING_INPUT' is not set"]
+    assert not (tmp_path / "out.db").exists() and not (tmp_path / ".syncengine").exists()

@@ -82,7 +82,7 @@ def render(summaries: list[dict[str, Any]], http: dict[str, Any] | None, machine
     lines = [f"Command: `{command}`", "",
              f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, "
              f"{machine['os']}, Python {machine['python']}, SQLite {machine['sqlite']}; engine at commit "
-             f"{machine['commit']}.", ""]
+             f"{machine['commit']}; load {machine.get('load', 'unknown')}.", ""]
     lines += table(summaries)
     if http is not None:
         lines.append("")

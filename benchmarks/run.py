@@ -127,12 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = HERE / "data"
     summaries: list[dict[str, Any]] = []
     problems: list[str] = []
+    load_before = os.getloadavg()[1]
     for rows in sizes:
         data = generate(rows, data_dir)
         print(f"-- {rows} rows: T1/T2/T3 x {repeat}", file=sys.stderr, flush=True)
         size = run_size(data, repeat, work)
         problems.extend(size["problems"])
         summaries.extend(summarise(size))
+        for row in summaries[-len(TASKS):]:
+            print(f"   {row['task']}: engine {row['engine']['seconds']:.3f}s, floor {row['floor']['seconds']:.3f}s, "
+                  f"{row['ratio']:.2f}x, engine RSS {row['engine']['maxrss_mb']:.0f} MB", file=sys.stderr, flush=True)
+        # Kept as it goes, so a long run that is stopped still leaves what it measured.
+        (work / "results.partial.json").write_text(json.dumps({"summaries": summaries, "problems": problems},
+                                                              indent=1, default=str), encoding="utf-8")
     http: dict[str, Any] | None = None
     if http_rows:
         data = generate(http_rows, data_dir)
@@ -140,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         http = http_run(data, work / "http")
         problems.extend(http.get("problems", []))
     machine = machine_summary()
+    # Other work on a shared machine moves absolute times (less so the ratios): say how busy it was.
+    machine["load"] = f"{load_before:.1f} at the start, {os.getloadavg()[1]:.1f} at the end (5-minute average)"
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(summaries, http, machine, command.strip(), problems)
     print(text)

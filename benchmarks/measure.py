@@ -63,6 +63,29 @@ def tables_equal(left: Path, right: Path) -> bool:
         db.close()
 
 
+def table_diff(before: Path, after: Path) -> dict[str, set[str]]:
+    """The ids whose ``loads`` row changed, appeared or disappeared between two databases."""
+    db = sqlite3.connect(f"file:{after}?mode=ro", uri=True)
+    try:
+        db.execute("ATTACH DATABASE ? AS old", (f"file:{before}?mode=ro",))
+        changed = db.execute("SELECT id FROM (SELECT * FROM main.loads EXCEPT SELECT * FROM old.loads) "
+                             "WHERE id IN (SELECT id FROM old.loads)")
+        out = {"changed": {row[0] for row in changed}}
+        out["added"] = {r[0] for r in db.execute("SELECT id FROM main.loads EXCEPT SELECT id FROM old.loads")}
+        out["removed"] = {r[0] for r in db.execute("SELECT id FROM old.loads EXCEPT SELECT id FROM main.loads")}
+        return out
+    finally:
+        db.close()
+
+
+def copy_database(db: Path, target: Path) -> None:
+    """Copy a database with its WAL, if any (the source must not be open for writing)."""
+    shutil.copyfile(db, target)
+    wal = Path(f"{db}-wal")
+    if wal.exists():
+        shutil.copyfile(wal, Path(f"{target}-wal"))
+
+
 def http_available() -> bool:
     """Whether a destination adapter named ``http`` is registered."""
     from engine.adapters import register_builtins

@@ -56,7 +56,10 @@ def targets(summaries: list[dict[str, Any]], http: dict[str, Any] | None, proble
     counts_ok = not [p for p in problems if "counts" in p]
     out.append(f"- T1/T2/T3 counts equal the generator's (T3: changed, added, removed): "
                f"{'met' if counts_ok else 'NOT met'}")
-    same = not [p for p in problems if "differs" in p]
+    rows_ok = not [p for p in problems if "rows differ" in p]
+    out.append(f"- T3 changed exactly the generator's changed, added and removed rows in the destination (by id): "
+               f"{'met' if rows_ok else 'NOT met'}")
+    same = not [p for p in problems if "differs from the floor" in p]
     out.append(f"- engine's table equals the floor's after T3: {'met' if same else 'NOT met'}")
     peak = max(r["engine"]["maxrss_mb"] for r in summaries)
     out.append(f"- engine peak RSS {peak:.0f} MB (target <= {RSS_TARGET_MB:.0f} MB): "

@@ -24,10 +24,12 @@ from typing import Any
 
 from benchmarks.generate import Dataset, generate
 from benchmarks.measure import (
+    copy_database,
     destination_fingerprint,
     fingerprint_delta,
     http_run,
     machine_summary,
+    table_diff,
     tables_equal,
 )
 from benchmarks.report import render, update_readme
@@ -74,6 +76,8 @@ def run_size(data: Dataset, repeat: int, work: Path) -> dict[str, Any]:
             source = data.day2 if task == "T3" else data.day1
             for kind in ("engine", "floor") if rep % 2 == 0 else ("floor", "engine"):
                 db, state = files[kind]
+                if task == "T3" and rep == repeat - 1:
+                    copy_database(db, folder / f"{kind}.before_t3.db")
                 before = destination_fingerprint(db)
                 result = child(kind, source, db, state)
                 result["dest_delta"] = fingerprint_delta(before, destination_fingerprint(db))
@@ -88,6 +92,13 @@ def run_size(data: Dataset, repeat: int, work: Path) -> dict[str, Any]:
             equal = tables_equal(files["engine"][0], files["floor"][0])
             if not equal:
                 problems.append(f"{data.rows}: after T3 the engine's table differs from the floor's")
+            # The rows T3 really changed in the destination, id by id, against the generator's lists.
+            diff = table_diff(folder / "engine.before_t3.db", files["engine"][0])
+            truth = {"changed": set(data.changed), "added": set(data.added), "removed": set(data.removed)}
+            for name, ids in truth.items():
+                if diff[name] != ids:
+                    problems.append(f"{data.rows} T3 engine: the destination's {name} rows differ from the "
+                                    f"generator's ({len(diff[name])} vs {len(ids)} ids)")
     return {"rows": data.rows, "runs": runs, "problems": problems, "tables_equal": equal}
 
 

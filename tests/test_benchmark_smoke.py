@@ -19,7 +19,13 @@ if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not 
     sys.path.insert(0, str(REPO))
 from benchmarks import floor  # noqa: E402
 from benchmarks.generate import Dataset, generate  # noqa: E402
-from benchmarks.measure import Endpoint, destination_fingerprint, tables_equal  # noqa: E402
+from benchmarks.measure import (  # noqa: E402
+    Endpoint,
+    copy_database,
+    destination_fingerprint,
+    table_diff,
+    tables_equal,
+)
 
 ROWS = 10_000
 PIPELINE = REPO / "benchmarks" / "loads_pipeline.yml"
@@ -68,10 +74,14 @@ def test_engine_counts_match_the_generator(dataset: Dataset, tmp_path: Path,
     assert t2 == {"read": ROWS, "creates": 0, "updates": 0, "deletes": 0, "unchanged": ROWS, "errors": 0}
     assert destination_fingerprint(db) == before, "an unchanged rerun must not touch the destination"
 
+    copy_database(db, tmp_path / "before_t3.db")
     t3 = _sync(dataset.day2, db, state, monkeypatch)
     assert t3 == {"read": dataset.day2_rows, "creates": len(dataset.added), "updates": len(dataset.changed),
                   "deletes": len(dataset.removed), "errors": 0,
                   "unchanged": ROWS - len(dataset.changed) - len(dataset.removed)}
+
+    diff = table_diff(tmp_path / "before_t3.db", db)
+    assert diff == {"changed": set(dataset.changed), "added": set(dataset.added), "removed": set(dataset.removed)}
 
     f_db, f_state = tmp_path / "floor.db", tmp_path / "floor.state.db"
     assert floor.run(dataset.day1, f_db, f_state)["creates"] == ROWS

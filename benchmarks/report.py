@@ -91,7 +91,8 @@ def render(summaries: list[dict[str, Any]], http: dict[str, Any] | None, machine
         lines.append("")
         if http.get("status") == "ok":
             ep = http["endpoint"]
-            lines.append(f"Per-record HTTP: {http['rows']:,} records posted in {http['seconds']:.2f} s = "
+            lines.append(f"Per-record HTTP (median of {http.get('repeat', 1)}): {http['rows']:,} records posted in "
+                         f"{http['seconds']:.2f} s = "
                          f"{http['per_second']:,.0f} records/s, engine peak RSS {_mb(http['maxrss_mb'])}; the "
                          f"endpoint accepted {ep['accepted']:,} over {ep['connections']} connection(s).")
         else:

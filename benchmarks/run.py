@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     http: dict[str, Any] | None = None
     if http_rows:
         data = generate(http_rows, data_dir)
-        print(f"-- HTTP: {http_rows} records", file=sys.stderr, flush=True)
-        http = http_run(data, work / "http")
+        print(f"-- HTTP: {http_rows} records x {min(repeat, 3)}", file=sys.stderr, flush=True)
+        http = http_run(data, work / "http", min(repeat, 3))
         problems.extend(http.get("problems", []))
     machine = machine_summary()
     # Other work on a shared machine moves absolute times (less so the ratios): say how busy it was.

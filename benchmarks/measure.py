@@ -133,7 +133,7 @@ def _http_once(data: Dataset, folder: Path) -> dict[str, Any]:
     folder.mkdir(parents=True)
     endpoint = Endpoint()
     try:
-        cmd = [sys.executable, "-m", "benchmarks.child", "http", "--input", str(data.day1),
+        cmd = [sys.executable, "-m", "benchmarks.job", "http", "--input", str(data.day1),
                "--url", f"http://127.0.0.1:{endpoint.port}/loads", "--state", str(folder / "state.db")]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

@@ -5,7 +5,7 @@
     python -m benchmarks.run --rows 100000,1000000 --update-readme
 
 Per size: T1 initial load, T2 the same file again, T3 the day-2 file; every job runs in a fresh
-process (``benchmarks/child.py``), engine and floor interleaved, repeated ``--repeat`` times. Then a
+process (``benchmarks/job.py``), engine and floor interleaved, repeated ``--repeat`` times. Then a
 per-record HTTP run against a loopback endpoint. It prints one Markdown table; ``--update-readme``
 also writes it into ``benchmarks/README.md``. Raw figures go to ``benchmarks/work/results.json``.
 """
@@ -41,7 +41,7 @@ TASKS = ("T1", "T2", "T3")
 
 def child(kind: str, input_path: Path, db: Path, state: Path) -> dict[str, Any]:
     """Run one measured job in a fresh interpreter and return what it printed."""
-    cmd = [sys.executable, "-m", "benchmarks.child", kind, "--input", str(input_path), "--db", str(db),
+    cmd = [sys.executable, "-m", "benchmarks.job", kind, "--input", str(input_path), "--db", str(db),
            "--state", str(state)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]

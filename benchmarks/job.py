@@ -1,0 +1,150 @@
+"""One benchmark job: measured in a fresh process, or profiled.
+
+    python -m benchmarks.job engine --input day1.csv --db dest.db --state state.db
+    python -m benchmarks.job floor  --input day1.csv --db dest.db --state state.db
+    python -m benchmarks.job http   --input day1.csv --url http://127.0.0.1:PORT/loads --state state.db
+    python -m benchmarks.job profile --rows 100000 --task T2 [--py-spy] [--out FILE]
+
+Measured (``engine``, ``floor``, ``http``): the job runs alone in its process, so its peak RSS and
+I/O counters are its own; everything is imported before the clock starts and the clock stops when
+the job returned. It prints one JSON line: seconds, the sync's counts, peak RSS (``ru_maxrss``) and
+the process's ``/proc/self/io`` write counters (``wchar`` = bytes handed to ``write``;
+``write_bytes`` = bytes sent to storage), which cover the state database as well as the destination.
+
+``profile``: the task's preconditions (T1 before T2 and T3) run unprofiled first in
+``benchmarks/work/profile``, then the task runs under pyinstrument (a call tree), or under py-spy in
+a child process with ``--py-spy`` (raw stacks). Both are development tools, not project
+dependencies: ``pip install pyinstrument py-spy`` where they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PIPELINES = {"engine": HERE / "loads_pipeline.yml", "http": HERE / "http_pipeline.yml"}
+
+
+def io_counters() -> dict[str, int]:
+    """This process's I/O counters (empty where ``/proc`` has none)."""
+    try:
+        text = Path("/proc/self/io").read_text(encoding="ascii")
+    except OSError:
+        return {}
+    pairs = (line.split(":") for line in text.splitlines() if ":" in line)
+    return {name.strip(): int(value) for name, value in pairs if name.strip() in ("wchar", "write_bytes")}
+
+
+def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's run of the benchmark pipeline (``engine.api.apply``)."""
+    from engine.api import apply
+
+    os.environ["BENCH_INPUT"] = str(Path(args.input).resolve())
+    if args.db:
+        os.environ["BENCH_DB"] = str(Path(args.db).resolve())
+    if args.url:
+        os.environ["BENCH_URL"] = args.url
+    started = time.perf_counter()
+    report = apply(PIPELINES[kind], state=str(Path(args.state).resolve()))
+    seconds = time.perf_counter() - started
+    data = report.to_dict()
+    sync = data["syncs"]["loads"]
+    return {"seconds": seconds, "status": sync["status"], "message": sync["message"],
+            "errors_detail": sync["errors_detail"][:3],
+            "counts": {k: sync[k] for k in ("read", "creates", "updates", "deletes", "unchanged", "errors")}}
+
+
+def run_floor(args: argparse.Namespace) -> dict[str, Any]:
+    """The hand-written floor."""
+    from benchmarks import floor
+
+    started = time.perf_counter()
+    counts = floor.run(Path(args.input), Path(args.db), Path(args.state))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "status": "ok", "message": None, "errors_detail": [],
+            "counts": {**counts, "errors": 0}}
+
+
+def _apply(input_path: Path, db: Path, state: Path) -> None:
+    from engine.api import apply
+
+    os.environ["BENCH_INPUT"] = str(input_path)
+    os.environ["BENCH_DB"] = str(db)
+    report = apply(HERE / "loads_pipeline.yml", state=str(state)).to_dict()["syncs"]["loads"]
+    if report["status"] != "ok":
+        raise SystemExit(f"the run failed: {report['message']}")
+
+
+def profile(args: argparse.Namespace) -> int:
+    """Prepare the task's starting point, then profile the task."""
+    from benchmarks.generate import generate
+
+    data = generate(args.rows, HERE / "data")
+    work = HERE / "work" / "profile"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    db, state = work / "dest.db", work / "state.db"
+    if args.task != "T1":
+        _apply(data.day1, db, state)
+    source = data.day2 if args.task == "T3" else data.day1
+    if args.py_spy:
+        out = args.out or str(work / f"{args.task}.pyspy.txt")
+        code = (f"from benchmarks.job import _apply; from pathlib import Path; "
+                f"_apply(Path({str(source)!r}), Path({str(db)!r}), Path({str(state)!r}))")
+        cmd = ["py-spy", "record", "-r", "250", "-f", "raw", "-o", out, "--", sys.executable, "-c", code]
+        return subprocess.run(cmd, cwd=ROOT, check=False).returncode
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    _apply(source, db, state)
+    profiler.stop()
+    text = profiler.output_text(color=False, show_all=False)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one job: print its measurements as one JSON line, or its profile."""
+    parser = argparse.ArgumentParser(description="Run one benchmark job, measured or profiled.")
+    parser.add_argument("kind", choices=("engine", "floor", "http", "profile"))
+    parser.add_argument("--input", help="the CSV export (measured jobs)")
+    parser.add_argument("--db", help="the destination database (engine, floor)")
+    parser.add_argument("--url", help="the endpoint (http)")
+    parser.add_argument("--state", help="the state database (measured jobs)")
+    parser.add_argument("--rows", type=int, default=100000, help="profile: the size")
+    parser.add_argument("--task", choices=("T1", "T2", "T3"), default="T2", help="profile: the task")
+    parser.add_argument("--py-spy", action="store_true", help="profile: sample with py-spy in a child process")
+    parser.add_argument("--out", help="profile: where to write it (text for pyinstrument, raw for py-spy)")
+    args = parser.parse_args(argv)
+    if args.kind == "profile":
+        return profile(args)
+    if not args.input or not args.state:
+        parser.error("--input and --state are required for a measured job")
+    if args.kind != "floor":
+        # Import the engine before the clock starts, so start-up is not counted.
+        import engine.api  # noqa: F401
+
+    before = io_counters()
+    result = run_floor(args) if args.kind == "floor" else run_engine(args.kind, args)
+    after = io_counters()
+    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["io"] = {name: after[name] - before.get(name, 0) for name in after}
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,9 +18,12 @@ from jinja2 import Undefined, nodes
 from jinja2.exceptions import TemplateError
 
 from engine.errors import RecordError
+from engine.fast_mapping import Unsupported, compile_fast
 from engine.filters import FilterError
 from engine.templating import SyncEnvironment, single_expression
 
+_JINJA = object()
+"""The fast path did not produce the record: render it with Jinja."""
 KEEP = "syncengine_keep"
 KEY = "syncengine_key"
 
@@ -126,6 +129,13 @@ class CompiledMapping:
         self._ctx = self._template.new_context(self._context)
         self._root = self._template.root_render_func
         self._build = self._builder()
+        try:
+            self._fast: Callable[[dict[str, Any]], tuple[dict[str, Any], Any] | None] | None = compile_fast(
+                env, [(f.path, f.source, f.is_template) for f in fields],
+                key_template=key_template[0] if key_template else None,
+                filter_template=filter_template[0] if filter_template else None, context=self._context)
+        except Unsupported:
+            self._fast = None
 
     def _builder(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """A function from the slots dict to the output record (flat fast path, nested general path)."""
@@ -161,6 +171,33 @@ class CompiledMapping:
 
     def map(self, record: dict[str, Any]) -> MappedRecord | None:
         """The mapped record, or ``None`` when ``filter:`` drops it; raises :class:`RecordError`."""
+        result: tuple[dict[str, Any], Any] | None | object = _JINJA
+        if self._fast is not None:
+            try:
+                result = self._fast(record)
+            except Exception:  # noqa: BLE001, S110 - not swallowed: the Jinja path below gives the value or the error
+                pass
+        if result is _JINJA:
+            result = self._render(record)
+        if result is None:
+            return None
+        values: dict[str, Any] = result[0]  # type: ignore[index]
+        template_key: Any = result[1]  # type: ignore[index]
+        if self.key_fields:
+            try:
+                parts = tuple(values[k] for k in self.key_fields)
+            except KeyError as exc:
+                raise RecordError(f"key field {exc} is not in the mapped record") from None
+        else:
+            parts = (template_key,)
+        if None in parts or "" in parts:
+            raise RecordError("the record key is empty", field=",".join(self.key_fields) or "key",
+                              location=self._key_at)
+        key = parts[0] if len(parts) == 1 and parts[0].__class__ is str else key_string(parts)
+        return MappedRecord(key, values)
+
+    def _render(self, record: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
+        """(values, template key) through the compiled Jinja template; ``None`` when filtered out."""
         ctx = self._ctx
         ctx.parent["record"] = record
         slots: dict[str, Any] = {}
@@ -177,18 +214,7 @@ class CompiledMapping:
             values = self._build(slots)
         except (TemplateError, FilterError, ArithmeticError, TypeError, ValueError, LookupError):
             raise self._explain(record) from None
-        if self.key_fields:
-            try:
-                parts = tuple(values[k] for k in self.key_fields)
-            except KeyError as exc:
-                raise RecordError(f"key field {exc} is not in the mapped record") from None
-        else:
-            parts = (template_key,)
-        if None in parts or "" in parts:
-            raise RecordError("the record key is empty", field=",".join(self.key_fields) or "key",
-                              location=self._key_at)
-        key = parts[0] if len(parts) == 1 and parts[0].__class__ is str else key_string(parts)
-        return MappedRecord(key, values)
+        return values, template_key
 
     def _explain(self, record: dict[str, Any]) -> RecordError:
         """Render field by field to find the first failure; slow, and only on the error path."""

@@ -181,7 +181,8 @@ class StateStore:
     def start_seen(self) -> None:
         """Empty the per-run temporary tables."""
         if not self._temp_ready:
-            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS cur (key TEXT PRIMARY KEY, hash BLOB) WITHOUT ROWID")
+            # One batch's keys are unique (the batch is a dict), so `cur` needs no index of its own.
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS cur (key TEXT, hash BLOB)")
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY) WITHOUT ROWID")
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS gone (key TEXT, remote_id TEXT, memo TEXT)")
             self._temp_ready = True
@@ -195,7 +196,7 @@ class StateStore:
         db.execute("BEGIN")
         try:
             db.execute("DELETE FROM temp.cur")
-            db.executemany("INSERT OR REPLACE INTO temp.cur (key, hash) VALUES (?, ?)", pairs)
+            db.executemany("INSERT INTO temp.cur (key, hash) VALUES (?, ?)", pairs)
             db.execute("INSERT OR IGNORE INTO temp.seen (key) SELECT key FROM temp.cur")
             condition = "" if everything else "WHERE r.hash IS NULL OR r.hash <> c.hash"
             rows = db.execute(

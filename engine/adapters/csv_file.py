@@ -49,18 +49,16 @@ def read_csv(lines: Iterator[str], config: CsvConfig, name: str) -> Iterator[dic
     width = len(header)
     while True:
         try:
-            row = next(reader)
-        except StopIteration:
+            # A plain loop is the fast path; after an unreadable row the reader goes on from the next one.
+            for row in reader:
+                if len(row) == width:
+                    yield dict(zip(header, row, strict=False))  # the width was just checked
+                elif row and (len(row) > 1 or row[0]):
+                    yield RecordError(f"{name} line {reader.line_num}: {len(row)} fields where the header has "
+                                      f"{width}")
             return
         except csv.Error as exc:
             yield RecordError(f"{name} line {reader.line_num}: unreadable CSV: {exc}")
-            continue
-        if len(row) == width:
-            yield dict(zip(header, row, strict=True))
-        elif not row or (len(row) == 1 and not row[0]):
-            continue
-        else:
-            yield RecordError(f"{name} line {reader.line_num}: {len(row)} fields where the header has {width}")
 
 
 class CsvStream(LocalFilesStream):

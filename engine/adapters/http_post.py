@@ -8,7 +8,7 @@ as a JSON object; an update goes the same way unless ``update_method`` is set (t
 returned at the create (a JSON answer's ``id``) or else the record key. A 404 or 410 answer to a
 delete counts as done: the record is not there.
 
-Requests run on a bounded thread pool (``concurrency``) over one keep-alive session; retries
+Requests run on a bounded thread pool (``concurrency``) over one keep-alive connection pool; retries
 follow :mod:`engine.adapters.http_client`. A rejected record (a 4xx other than 401/407/408/429, or
 retries exhausted) is a failed outcome, so it is dead-lettered and the run goes on. Delivery is
 at least once: a record whose answer was lost (a timeout) may arrive twice.
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from engine.adapters.http_client import (
@@ -34,15 +34,12 @@ from engine.adapters.http_client import (
     basic_auth_header,
     body_text,
     json_id,
-    make_session,
+    make_pool,
 )
 from engine.errors import ConfigError
 from engine.interfaces import CREATE, DELETE, UPDATE, Change, Outcome, StreamContext
 from engine.registry import REGISTRY
 from engine.typed_config import option
-
-if TYPE_CHECKING:
-    import requests
 
 MAX_BATCH = 1000
 GONE = frozenset({404, 410})
@@ -184,11 +181,11 @@ class HttpPostStream:
 
     def outcome(self, change: Change, answer: Attempted) -> Outcome:
         """The endpoint's answer as an :class:`Outcome`."""
-        response: requests.Response | None = answer.response
+        response = answer.response
         if answer.error is not None or response is None:
-            detail = f": {body_text(response)}" if response is not None and response.content else ""
+            detail = f": {body_text(response)}" if response is not None and response.data else ""
             return Outcome(False, error=f"{answer.error}{detail}")
-        status = response.status_code
+        status = response.status
         if 200 <= status < 300:
             return Outcome(True, remote_id=json_id(response) if change.action == CREATE else change.remote_id)
         if change.action == DELETE and status in GONE:
@@ -219,8 +216,8 @@ class HttpPostDestination:
     def sender(self) -> Sender:
         """The session and its retry logic, made on first use."""
         if self._sender is None:
-            session = make_session(self.config, self.base_dir, self.config.url, self.config.concurrency)
-            self._sender = Sender(self.config, session)
+            pool = make_pool(self.config, self.base_dir, self.config.url, self.config.concurrency)
+            self._sender = Sender(self.config, pool)
         return self._sender
 
     @property
@@ -240,5 +237,5 @@ class HttpPostDestination:
             self._pool.shutdown(wait=True)
             self._pool = None
         if self._sender is not None:
-            self._sender.session.close()
+            self._sender.pool.clear()
             self._sender = None

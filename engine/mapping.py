@@ -77,6 +77,21 @@ def _assignable(name: str) -> bool:
         and not name.startswith("syncengine_")
 
 
+def record_key(values: Mapping[str, Any], key_fields: tuple[str, ...], template_key: Any,
+               location: str | None) -> str:
+    """The state key of a record: its key fields' values, or the key template's value."""
+    if key_fields:
+        try:
+            parts = tuple(values[k] for k in key_fields)
+        except KeyError as exc:
+            raise RecordError(f"the record has no key field {exc}") from None
+    else:
+        parts = (template_key,)
+    if None in parts or "" in parts:
+        raise RecordError("the record key is empty", field=",".join(key_fields) or "key", location=location)
+    return parts[0] if len(parts) == 1 and parts[0].__class__ is str else key_string(parts)
+
+
 def key_string(values: tuple[Any, ...]) -> str:
     """The state-store key for one record: the value itself, or a JSON list for composite keys."""
     if len(values) == 1:
@@ -182,19 +197,7 @@ class CompiledMapping:
         if result is None:
             return None
         values: dict[str, Any] = result[0]  # type: ignore[index]
-        template_key: Any = result[1]  # type: ignore[index]
-        if self.key_fields:
-            try:
-                parts = tuple(values[k] for k in self.key_fields)
-            except KeyError as exc:
-                raise RecordError(f"key field {exc} is not in the mapped record") from None
-        else:
-            parts = (template_key,)
-        if None in parts or "" in parts:
-            raise RecordError("the record key is empty", field=",".join(self.key_fields) or "key",
-                              location=self._key_at)
-        key = parts[0] if len(parts) == 1 and parts[0].__class__ is str else key_string(parts)
-        return MappedRecord(key, values)
+        return MappedRecord(record_key(values, self.key_fields, result[1], self._key_at), values)  # type: ignore[index]
 
     def _render(self, record: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
         """(values, template key) through the compiled Jinja template; ``None`` when filtered out."""
@@ -304,17 +307,11 @@ class IdentityMapping:
 
     def map(self, record: dict[str, Any]) -> MappedRecord | None:
         """The record itself, keyed."""
-        if self.key_fields:
-            try:
-                parts = tuple(record[k] for k in self.key_fields)
-            except KeyError as exc:
-                raise RecordError(f"the record has no key field {exc}") from None
-        else:
+        template_key = None
+        if not self.key_fields:
             assert self._key_template is not None
             try:
-                parts = (self._key_template({**self._context, "record": record}),)
+                template_key = self._key_template({**self._context, "record": record})
             except Exception as exc:  # noqa: BLE001 - reported as a record error
                 raise RecordError(_message(exc), field="key") from None
-        if None in parts or "" in parts:
-            raise RecordError("the record key is empty", field="key")
-        return MappedRecord(key_string(parts), dict(record))
+        return MappedRecord(record_key(record, self.key_fields, template_key, None), dict(record))

@@ -203,3 +203,22 @@ syncs:
     assert result.text.splitlines() == [
         f"error: {pipeline}:3: sources.files.path: environment variable 'SYNCENGINE_TEST_MISSING_INPUT' is not set"]
     assert not (tmp_path / "out.db").exists() and not (tmp_path / ".syncengine").exists()
+
+
+def test_a_header_with_a_repeated_column_fails_the_run(tmp_path: Path) -> None:
+    write(tmp_path / "in.csv", "id,name,name\n1,a,b\n")
+    pipeline = write(tmp_path / "p.yml", """\
+version: 1
+sources:
+  files: {type: csv, path: in.csv}
+destinations:
+  db: {type: sqlite, path: out.db}
+syncs:
+  people:
+    source: files
+    destination: {name: db, table: people, create_table: true}
+    key: id
+""")
+    result = syncengine("apply", pipeline)
+    assert result.code == 3 and "people: failed: in.csv: the header names 'name' more than once" in result.out
+    assert not (tmp_path / "out.db").exists()

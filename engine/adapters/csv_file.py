@@ -46,6 +46,9 @@ def read_csv(lines: Iterator[str], config: CsvConfig, name: str) -> Iterator[dic
     except csv.Error as exc:
         raise RunFailed(f"{name}: unreadable CSV header: {exc}") from exc
     header = [h.strip() for h in header]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise RunFailed(f"{name}: the header names {', '.join(repr(h) for h in repeated)} more than once")
     width = len(header)
     while True:
         try:

@@ -72,11 +72,13 @@ class RecordError(SyncEngineError):
     exit_code = EXIT_RECORD_ERRORS
 
     def __init__(self, message: str, *, key: str | None = None, field: str | None = None,
-                 location: str | None = None) -> None:
+                 location: str | None = None, raw: object = None) -> None:
         super().__init__(message, key=key, field=field, location=location)
         self.key = key
         self.field = field
         self.location = location
+        self.raw = raw
+        """What a source could read of a record it could not turn into one (a CSV row, a line)."""
 
     def describe(self) -> str:
         """``key 'L1', field 'amount' (pipeline.yml:14): 'abc' is not a decimal number``."""

@@ -49,6 +49,8 @@ from engine.templating import EnvView, Redactor, is_template, make_environment
 log = logging.getLogger("syncengine")
 
 MAX_ERRORS_REPORTED = 20
+UNREADABLE = "unreadable"
+"""The dead-letter action of a source row that could not be read into a record."""
 DeadRow = tuple[str, str | None, str | None, str | None, str, str | None, str | None]
 """(key, action, source record JSON, redacted payload JSON, message, field, template location)"""
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -144,16 +146,17 @@ class PlanWriter:
 
     max_batch: int | None = None
 
-    def __init__(self, report: SyncReport, sample_size: int) -> None:
+    def __init__(self, report: SyncReport, sample_size: int, redactor: Redactor) -> None:
         self.report = report
         self.sample_size = sample_size
+        self.redactor = redactor
 
     def write(self, changes: Sequence[Change]) -> None:
-        """Keep samples; write nothing."""
+        """Keep samples (secrets masked); write nothing."""
         for change in changes:
             samples = self.report.samples.setdefault(change.action, [])
             if len(samples) < self.sample_size:
-                samples.append({"key": change.key, "values": change.values})
+                samples.append({"key": change.key, "values": self.redactor.data(_jsonable(change.values))})
 
     def finish(self) -> None:
         """Nothing to finish."""
@@ -228,8 +231,10 @@ class Engine:
                 except SyncEngineError:
                     raise
                 except Exception as exc:
-                    raise ConfigError(f"{endpoint.location}: {endpoint.role}s.{endpoint.name}.{name}: "
-                                      f"{getattr(exc, 'message', None) or exc}") from None
+                    reason = ("could not be rendered (the value is secret, so it is not shown)"
+                              if name in endpoint.spec.secrets else getattr(exc, "message", None) or str(exc))
+                    raise ConfigError(self.redactor.text(
+                        f"{endpoint.location}: {endpoint.role}s.{endpoint.name}.{name}: {reason}")) from None
                 changes[name] = rendered
         for name in endpoint.spec.secrets:
             self.redactor.add(changes.get(name, getattr(config, name, None)))
@@ -313,15 +318,15 @@ class Engine:
                 sync.source_options, ctx)
             writer: DestinationStream
             if options.dry_run:
-                writer = PlanWriter(report, options.sample_size)
+                writer = PlanWriter(report, options.sample_size, self.redactor)
             else:
                 writer = self.adapter(self.pipeline.destinations[sync.destination]).open_stream(
                     sync.destination_options, ctx)
             batcher = _SyncBatcher(self, sync, stream_id, run_row, report, source, writer, options)
             batcher.run(mapping, cursor, replay is not None)
-            report.cursor = None if options.dry_run or replay else source.finish()
             if not options.dry_run:
-                writer.finish()
+                writer.finish()  # before the source's finish, which may archive what was read
+            report.cursor = None if options.dry_run or replay else source.finish()
             status = "ok"
         except ConnectError as exc:
             # A server that cannot be reached or refuses us would fail every later sync the same
@@ -376,7 +381,7 @@ class _SyncBatcher:
         known_before = store.known_count(self.stream_id)
         batch: dict[str, tuple[dict[str, Any], bytes, dict[str, Any]]] = {}
         passed: list[dict[str, Any]] = []
-        failed: list[tuple[RecordError, dict[str, Any]]] = []
+        failed: list[tuple[RecordError, dict[str, Any] | None]] = []
         counts = self.counts
         map_record = mapping.map
         size = self.size
@@ -385,12 +390,14 @@ class _SyncBatcher:
         for record in self.source.read(cursor):
             read += 1
             if record.__class__ is not dict and isinstance(record, RecordError):
-                failed.append((record, {}))
+                failed.append((record, None))
                 continue
             try:
                 mapped = map_record(record)
             except RecordError as exc:
                 failed.append((exc, record))
+                if exc.key is not None:
+                    batch.pop(exc.key, None)  # a later failure of a key supersedes its earlier success
                 mapped = None
             else:
                 if mapped is None:
@@ -410,21 +417,24 @@ class _SyncBatcher:
             progress(self.sync.name, read)
         if replaying:
             return
-        self.leftover_dead_letters(mapping)
+        # Missing keys mean deletes (and gone dead letters) only when the source delivered its whole set.
+        whole = bool(getattr(self.source, "whole", cursor is None))
+        self.leftover_dead_letters(mapping, whole)
         if not self.sync.deletes_missing:
             return
-        # Missing keys mean deletes only when the source delivered its whole set this run.
-        if getattr(self.source, "whole", cursor is None):
+        if whole:
             self.delete_missing(known_before)
         else:
             self.report.errors.append("deletes skipped: the source read only part of its records this run "
                                       "(a cursor or no new file), so a missing key is not a delete")
 
     def flush(self, batch: dict[str, tuple[dict[str, Any], bytes, dict[str, Any]]],
-              passed: list[dict[str, Any]], failed: list[tuple[RecordError, dict[str, Any]]]) -> None:
+              passed: list[dict[str, Any]], failed: list[tuple[RecordError, dict[str, Any] | None]]) -> None:
         """Detect changes in a batch, write them, then record the outcome in one state transaction."""
         if not batch and not failed and not passed:
             return
+        # A failure superseded by a later success of the same key in this batch is no longer news.
+        failed = [(error, record) for error, record in failed if error.key is None or error.key not in batch]
         counts = self.counts
         changed = self.store.changed(self.stream_id, [(key, entry[1]) for key, entry in batch.items()],
                                      everything=self.options.full_refresh)
@@ -456,11 +466,11 @@ class _SyncBatcher:
             counts["errors"] += 1
             if error.key is None:
                 self.unkeyed_errors += 1
-            dead.append(self.dead_row(error, None, record, None))
+            dead.append(self.dead_row(error, None if record is not None else UNREADABLE, record, None))
         self.note_errors(dead)
-        keyed_failures = [error.key for error, _ in failed if error.key is not None]
-        if keyed_failures:
-            self.store.mark_seen(keyed_failures)
+        if failed:
+            # Failed keys (and the stand-in keys of records without one) were present in this run.
+            self.store.mark_seen([row[0] for row in dead])
         if self.dry:
             return
         resolved = [k for k in batch if k in self.dead_keys and k not in rejected] if self.dead_keys else []
@@ -475,12 +485,20 @@ class _SyncBatcher:
 
     def dead_row(self, error: RecordError, action: str | None, record: dict[str, Any] | None,
                  payload: dict[str, Any] | None) -> DeadRow:
-        """A dead-letter row; the payload has secrets masked. A record without a key gets a stand-in."""
+        """A dead-letter row; the payload has secrets masked.
+
+        A record without a key gets a stand-in key from its content and its error, so distinct bad
+        rows stay distinct and the same bad row keeps its key from run to run. An unreadable source
+        row is kept as the raw text the source could give.
+        """
         redact = self.engine.redactor
+        if record is None and error.raw is not None:
+            record = {"raw": error.raw}
         key = error.key
         if key is None:
-            key = "(no key) " + hashlib.blake2b(repr(record).encode(), digest_size=6).hexdigest()
-        return (key, action, json.dumps(_jsonable(record)) if record is not None else None,
+            seed = f"{error.message}\x00{record!r}".encode("utf-8", "surrogatepass")
+            key = "(no key) " + hashlib.blake2b(seed, digest_size=8).hexdigest()
+        return (key, action, json.dumps(redact.data(_jsonable(record))) if record is not None else None,
                 json.dumps(redact.data(_jsonable(payload))) if payload is not None else None,
                 redact.text(error.describe()), error.field, error.location)
 
@@ -513,23 +531,29 @@ class _SyncBatcher:
 
     # --- after the stream ------------------------------------------------------------------------------------
 
-    def leftover_dead_letters(self, mapping: CompiledMapping | IdentityMapping) -> None:
-        """Retry dead letters the stream did not bring again; a snapshot drops those that are gone."""
+    def leftover_dead_letters(self, mapping: CompiledMapping | IdentityMapping, whole: bool) -> None:
+        """Retry dead letters the stream did not bring again; a whole snapshot drops those that are gone.
+
+        A snapshot read only in part (a cursor, a file already processed) says nothing about a key it
+        did not bring, so its dead letters are replayed from the stored record like a window's.
+        An unreadable source row cannot be replayed: it stays listed until a whole read no longer has it.
+        """
         if not self.dead_keys or self.dry:
             return
         unseen = [k for k in self.dead_keys if not self.store.was_seen(k)]
         if not unseen:
             return
-        if self.sync.scope == "snapshot":
+        if self.sync.scope == "snapshot" and whole:
             self.store.drop_dead(self.stream_id, unseen)
             self.dead_keys.difference_update(unseen)
             return
-        letters = [d for d in self.store.dead_letters(self.stream_id, unseen) if d.record is not None]
+        letters = [d for d in self.store.dead_letters(self.stream_id, unseen)
+                   if d.record and d.action != UNREADABLE]
         saved = self.source
         self.source = DeadLetterSource([d.record for d in letters if d.record is not None])
         try:
             batch: dict[str, tuple[dict[str, Any], bytes, dict[str, Any]]] = {}
-            failed: list[tuple[RecordError, dict[str, Any]]] = []
+            failed: list[tuple[RecordError, dict[str, Any] | None]] = []
             for record in self.source.read(None):
                 try:
                     mapped = mapping.map(record)

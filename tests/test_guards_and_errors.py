@@ -112,3 +112,63 @@ syncs:
     retried = syncengine("retry", pipeline, "--sync", "orders")
     assert retried.code == 1 and "key '2', field 'total_cents'" in retried.out
     assert rows(tmp_path / "out.db", "SELECT id, total_cents FROM orders ORDER BY id") == [(1, 1000), (3, 500)]
+
+
+def test_dead_letters_survive_a_snapshot_read_from_a_cursor(tmp_path: Path) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "src.db")
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, amount TEXT, ver INTEGER)")
+    con.executemany("INSERT INTO t VALUES (?, ?, ?)", [(1, "10", 1), (2, "oops", 2), (3, "30", 3)])
+    con.commit()
+    con.close()
+    pipeline = tmp_path / "p.yml"
+    pipeline.write_text("""\
+version: 1
+sources:
+  src: {type: sqlite, path: src.db}
+destinations:
+  db: {type: sqlite, path: out.db}
+syncs:
+  s:
+    source: {name: src, table: t, cursor: ver}
+    destination: {name: db, table: t, create_table: true}
+    key: id
+    mapping:
+      fields:
+        id: "{{ record.id }}"
+        amount: "{{ record.amount | decimal(2) }}"
+""", encoding="utf-8")
+    assert "2 creates, 0 updates, 0 deletes, 1 errors" in syncengine("apply", pipeline).out
+    # The next read starts at the cursor and no longer brings row 2: its dead letter is replayed, not dropped.
+    again = syncengine("apply", pipeline)
+    assert "1 errors" in again.out, again.text
+    letters = json.loads(syncengine("dead-letters", pipeline, "--json").out)
+    assert [(d["key"], d["attempts"]) for d in letters] == [("2", 2)]
+
+
+def test_unreadable_rows_are_dead_lettered_apart_and_dropped_once_gone(quickstart: Path) -> None:
+    csv_file = quickstart.parent / "customers.csv"
+    good = csv_file.read_text(encoding="utf-8")
+    csv_file.write_text(good + "C006,Broken,row\nC007,Also,broken,row,here\n", encoding="utf-8")
+    first = syncengine("apply", quickstart)
+    assert first.code == 1 and "5 creates, 0 updates, 0 deletes, 2 errors" in first.out, first.text
+    letters = json.loads(syncengine("dead-letters", quickstart, "--json").out)
+    assert len({d["key"] for d in letters}) == 2 and all(d["key"].startswith("(no key) ") for d in letters)
+    assert sorted(d["action"] for d in letters) == ["unreadable", "unreadable"]
+    again = syncengine("apply", quickstart)
+    assert "2 errors" in again.out
+    assert sorted(d["attempts"] for d in json.loads(syncengine("dead-letters", quickstart, "--json").out)) == [2, 2]
+    csv_file.write_text(good, encoding="utf-8")
+    fixed = syncengine("apply", quickstart)
+    assert fixed.code == 0, fixed.text
+    assert json.loads(syncengine("dead-letters", quickstart, "--json").out) == []
+
+
+def test_plan_samples_mask_secrets(quickstart: Path) -> None:
+    text = quickstart.read_text(encoding="utf-8").replace(
+        'source_system: "quickstart-csv"', 'source_system: "quickstart-{{ env.QS_API_TOKEN }}"')
+    quickstart.write_text(text, encoding="utf-8")
+    result = syncengine("plan", quickstart, env={"QS_API_TOKEN": "s3cret-value-42"})
+    assert result.code == 0, result.text
+    assert "s3cret-value-42" not in result.text and '"source_system": "quickstart-***"' in result.out

@@ -58,7 +58,7 @@ def read_csv(lines: Iterator[str], config: CsvConfig, name: str) -> Iterator[dic
                     yield dict(zip(header, row, strict=False))  # the width was just checked
                 elif row and (len(row) > 1 or row[0]):
                     yield RecordError(f"{name} line {reader.line_num}: {len(row)} fields where the header has "
-                                      f"{width}")
+                                      f"{width}", raw=row)
             return
         except csv.Error as exc:
             yield RecordError(f"{name} line {reader.line_num}: unreadable CSV: {exc}")

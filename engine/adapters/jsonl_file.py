@@ -44,12 +44,13 @@ class JsonlStream(LocalFilesStream):
                 try:
                     value = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield RecordError(f"{path.name} line {number}: not JSON: {exc.msg}")
+                    yield RecordError(f"{path.name} line {number}: not JSON: {exc.msg}", raw=line.rstrip("\n"))
                     continue
                 if isinstance(value, dict):
                     yield value
                 else:
-                    yield RecordError(f"{path.name} line {number}: a JSON object was expected")
+                    yield RecordError(f"{path.name} line {number}: a JSON object was expected",
+                                      raw=line.rstrip("\n"))
 
 
 @REGISTRY.source("jsonl", config=JsonlConfig, options=JsonlOptions)

@@ -216,6 +216,8 @@ class _Checker:
         default_key: Any = None
         ok = True
         file_ref = spec if isinstance(spec, str) else spec.get("file") if isinstance(spec, dict) else None
+        if file_ref is not None and not isinstance(file_ref, str):
+            return None, None, None, False  # the envelope check has said what is wrong
         if spec is None:
             return None, None, None, True
         if file_ref is not None:
@@ -243,12 +245,15 @@ class _Checker:
                     ok = False
             default_key = mloc.data.get("key")
         if isinstance(spec, dict):
-            for name, value in (spec.get("fields") or {}).items():
+            overrides = spec.get("fields")
+            if overrides is not None and not isinstance(overrides, dict):
+                return None, None, None, False  # the envelope check has said what is wrong
+            for name, value in (overrides or {}).items():
                 if value is None:
                     fields.pop(name, None)
                 else:
                     fields[name] = (value, (*sync_path, "mapping", "fields", name), self.located)
-            if "filter" in spec:
+            if isinstance(spec.get("filter"), str):
                 src = spec["filter"]
                 path = (*sync_path, "mapping", "filter")
                 if self.template(src, path, CONTEXT_NAMES):
@@ -290,7 +295,7 @@ class _Checker:
         src = self.reference(path, "source", block.get("source"), sources, declared_sources)
         dst = self.reference(path, "destination", block.get("destination"), destinations, declared_destinations)
         fields, filter_template, default_key, mapping_ok = self.mapping(path, block.get("mapping"))
-        if "filter" in block:
+        if isinstance(block.get("filter"), str):
             if self.template(block["filter"], (*path, "filter"), CONTEXT_NAMES):
                 filter_template = (block["filter"], self.at((*path, "filter")))
             else:
@@ -314,7 +319,7 @@ class _Checker:
             if fields is not None:
                 outputs = list(dict.fromkeys(str(f.path[0]) for f in fields))
                 for i, k in enumerate(key_fields):
-                    if k not in outputs:
+                    if isinstance(k, str) and k not in outputs:
                         at = key_path if isinstance(key, str) else (*key_path, i)
                         self.problems.append(self.located.problem(
                             at, f"key field '{k}' is not an output field of the mapping" + did_you_mean(k, outputs)))
@@ -323,7 +328,7 @@ class _Checker:
         scope = block.get("scope", "snapshot")
         delete_when: tuple[str, str] | None = None
         memo_fields: tuple[str, ...] = ()
-        if "delete_when" in block:
+        if isinstance(block.get("delete_when"), str):
             when_path = (*path, "delete_when")
             if scope != "window" or mode != "mirror":
                 self.problems.append(self.located.problem(

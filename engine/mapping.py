@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import keyword
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,17 @@ from engine.errors import RecordError
 from engine.fast_mapping import Unsupported, compile_fast
 from engine.filters import FilterError
 from engine.templating import SyncEnvironment, single_expression
+
+_NOT_DATA = frozenset({types.MethodType, types.BuiltinMethodType, types.FunctionType, types.GeneratorType,
+                       type({}.get), type(str.upper)})
+"""Types a template may produce that are not data: a dict method reached through a missing field, a generator."""
+
+
+def _data_only(values: Mapping[str, Any]) -> bool:
+    """Whether no top-level value is undefined or a method or a generator (one look at the few types)."""
+    kinds = set(map(type, values.values()))
+    return not (kinds & _NOT_DATA or any(issubclass(kind, Undefined) for kind in kinds))
+
 
 _JINJA = object()
 """The fast path did not produce the record: render it with Jinja."""
@@ -192,6 +204,8 @@ class CompiledMapping:
                 result = self._fast(record)
             except Exception:  # noqa: BLE001, S110 - not swallowed: the Jinja path below gives the value or the error
                 pass
+        if result is not _JINJA and result is not None and not _data_only(result[0]):  # type: ignore[index]
+            result = _JINJA  # a method or a generator where data belongs: let the Jinja path explain it
         if result is _JINJA:
             result = self._render(record)
         if result is None:
@@ -212,7 +226,7 @@ class CompiledMapping:
                 return None
             template_key = slots.get(KEY)
             # A field that read a missing value holds an Undefined; one look at the few value types finds it.
-            if any(issubclass(kind, Undefined) for kind in set(map(type, slots.values()))):
+            if not _data_only(slots):
                 raise self._explain(record)
             values = self._build(slots)
         except (TemplateError, FilterError, ArithmeticError, TypeError, ValueError, LookupError):
@@ -262,6 +276,11 @@ def compile_native(env: SyncEnvironment, source: str) -> Callable[[dict[str, Any
         value = ctx.vars["value"]
         if isinstance(value, Undefined):
             value._fail_with_undefined_error()
+        if type(value) in _NOT_DATA:
+            if isinstance(value, types.GeneratorType):
+                raise FilterError("the template gives a generator, not a value; add | list")
+            raise FilterError("the template gives a method, not a value: the record has no field of that name "
+                              "(a name such as values, items or get is also a method of every record)")
         return value
 
     return render

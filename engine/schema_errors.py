@@ -35,6 +35,22 @@ def _kind(value: Any) -> str:
     return "null"
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "null"
+
+
 def did_you_mean(word: str, choices: list[str]) -> str:
     """`` (did you mean 'x'?)`` when a choice is close, else an empty string."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], 1, 0.6)
@@ -76,18 +92,21 @@ def _problems(error: ValidationError, located: Located, base: YamlPath) -> Itera
         yield located.problem(path, f"expected {names}, got {_kind(instance)}")
         return
     if error.validator in ("anyOf", "oneOf"):
-        # Report the branch whose type fits the value; a list of every branch's complaint helps no one.
-        fitting = [e for e in error.context or [] if e.validator != "type" and len(e.relative_schema_path) > 1]
-        if fitting:
-            for sub in fitting:
-                yield from _problems(sub, located, base)
-            return
-        kinds = []
-        for sub in error.context or []:
-            if sub.validator == "type":
-                wanted = sub.validator_value
-                kinds.extend(wanted if isinstance(wanted, list) else [wanted])
-        names = " or ".join(dict.fromkeys(_TYPE_NAMES.get(str(k), str(k)) for k in kinds)) or "another value"
+        # Report the problems of the branch whose type fits the value; a list of every branch's
+        # complaint helps no one, and "expected text" is wrong when a mapping was meant.
+        kind = _json_type(instance)
+        declared: list[str] = []
+        for index, branch in enumerate(error.validator_value):
+            wanted = branch.get("type") if isinstance(branch, dict) else None
+            wanted_list = wanted if isinstance(wanted, list) else [wanted] if wanted else []
+            declared.extend(wanted_list)
+            if not wanted_list or kind in wanted_list or (kind == "integer" and "number" in wanted_list):
+                subs = [e for e in error.context or [] if e.relative_schema_path and e.relative_schema_path[0] == index]
+                if subs:
+                    for sub in subs:
+                        yield from _problems(sub, located, base)
+                    return
+        names = " or ".join(dict.fromkeys(_TYPE_NAMES.get(str(k), str(k)) for k in declared)) or "another value"
         yield located.problem(path, f"expected {names}, got {_kind(instance)}")
         return
     if error.validator == "minProperties" and error.validator_value == 1:

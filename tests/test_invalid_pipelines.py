@@ -26,6 +26,15 @@ INVALID: dict[str, list[str]] = {
     'key_not_output.yml': [
         "key_not_output.yml:14:10: syncs.customers.key: key field 'customer' is not an output field of the mapping (did you mean 'customer_id'?)",
     ],
+    'key_item_type.yml': [
+        "key_item_type.yml:14:24: syncs.customers.key[1]: expected text, got a whole number",
+    ],
+    'mapping_fields_list.yml': [
+        "mapping_fields_list.yml:17:15: syncs.customers.mapping.fields: expected a mapping of keys to values, got a list",
+    ],
+    'mapping_filter_type.yml': [
+        "mapping_filter_type.yml:17:15: syncs.customers.mapping.filter: expected text, got a whole number",
+    ],
     'many_at_once.yml': [
         "many_at_once.yml:4:11: sources.customers_csv.type: unknown source adapter 'csvv' (did you mean 'csv'?)",
         "many_at_once.yml:15:11: syncs.customers.mode: 'upsrt' is not one of 'upsert', 'insert', 'mirror' (did you mean 'upsert'?)",

@@ -119,3 +119,14 @@ def test_keys_that_look_like_null_are_still_keys() -> None:
     m = mapping({"id": "{{ record.id }}"})
     assert [m.map({"id": v}).key for v in ("null", "None", "0")] == ["null", "None", "0"]  # type: ignore[union-attr]
     assert m.map({"id": 0}).key == "0"  # type: ignore[union-attr]
+
+
+def test_a_method_or_a_generator_is_not_a_value() -> None:
+    with pytest.raises(RecordError) as caught:
+        one("{{ record.values }}", {"id": "1"})
+    assert caught.value.field == "v" and caught.value.message.startswith("the template gives a method, not a value")
+    with pytest.raises(RecordError) as caught:
+        one("{{ record.xs | batch(2) }}", {"xs": [1, 2, 3]})
+    assert caught.value.message == "the template gives a generator, not a value; add | list"
+    assert one("{{ record.xs | batch(2) | list }}", {"xs": [1, 2, 3]}) == [[1, 2], [3]]
+    assert one("{{ record.get('x', 'none') }}", {}) == "none"  # calling a method still works

@@ -61,6 +61,8 @@ class _Translator:
     def context_value(self, name: str, attr: str) -> str:
         """``vars.x``, ``env.X`` or ``run.x``: fixed for the run, so a constant."""
         holder = self.context.get(name)
+        if attr.startswith("_"):
+            raise Unsupported(f"{name}.{attr}")  # the sandbox's rule: no private attributes
         if name == "run":
             if holder is None or not hasattr(type(holder), attr):
                 raise Unsupported(f"run.{attr}")

@@ -242,6 +242,11 @@ class CompiledMapping:
                 self._single[KEEP](base)
             except Exception as exc:  # noqa: BLE001 - reported, with the field, as a record error
                 return RecordError(_message(exc), field="filter", location=self._filter_at)
+        if KEY in self._single:
+            try:
+                self._single[KEY](base)
+            except Exception as exc:  # noqa: BLE001 - reported, with the field, as a record error
+                return RecordError(_message(exc), field="key", location=self._key_at)
         for i, f in enumerate(self.fields):
             if not f.is_template:
                 rendered[f.name] = f.source

@@ -130,3 +130,12 @@ def test_a_method_or_a_generator_is_not_a_value() -> None:
     assert caught.value.message == "the template gives a generator, not a value; add | list"
     assert one("{{ record.xs | batch(2) | list }}", {"xs": [1, 2, 3]}) == [[1, 2], [3]]
     assert one("{{ record.get('x', 'none') }}", {}) == "none"  # calling a method still works
+
+
+def test_a_failing_key_template_names_the_key() -> None:
+    leaves = [FieldTemplate(("v",), "{{ record.v }}", "m.yml:1", True)]
+    m = CompiledMapping(make_environment(), leaves, key_fields=(), key_template=("{{ record.nope }}", "p.yml:9"),
+                        filter_template=None, context={"vars": {}, "env": {}, "run": RUN})
+    with pytest.raises(RecordError) as caught:
+        m.map({"v": 1})
+    assert (caught.value.field, caught.value.location, caught.value.message) == ("key", "p.yml:9", "no field 'nope'")

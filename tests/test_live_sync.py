@@ -236,3 +236,40 @@ def test_sigterm_during_traffic_loses_no_acknowledged_record(tmp_path: Path) -> 
     assert len(acknowledged) >= 60
     assert acknowledged <= stored, f"acknowledged but missing: {sorted(acknowledged - stored)[:5]}"
     assert stored <= sent
+
+
+def raw_exchange(url: str, head: str, body: bytes) -> str:
+    """Send one hand-written request over a socket and return the whole answer as text."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode("latin-1") + b"\r\n" + body)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode("latin-1")
+
+
+def test_ambiguous_lengths_and_unauthenticated_expect_continue_are_refused(tmp_path: Path) -> None:
+    import base64
+
+    pipeline = write_pipeline(tmp_path, ["127.0.0.1/32"])
+    body = b"web_sync_table_name=employees&web_sync_action=create&id=zz&name=Z&email=&team=1&type=t&phone=1&status=s"
+    token = base64.b64encode(f"aljex:{PASSWORD}".encode()).decode()
+    with ServeProcess(pipeline, env=ENV, state=tmp_path / "state.db") as server:
+        path = "/aljex"
+        common = (f"POST {path} HTTP/1.1\nHost: x\nAuthorization: Basic {token}\n"
+                  "Content-Type: application/x-www-form-urlencoded\n")
+        for lengths in ([f"+{len(body)}"], [f"{len(body)}", "10"], [f"{len(body) // 10}_{len(body) % 10}"]):
+            head = common + "".join(f"Content-Length: {n}\n" for n in lengths)
+            answer = raw_exchange(server.url, head, body)
+            assert answer.startswith("HTTP/1.1 400") and "Content-Length must be one plain number" in answer, answer
+        sneaky = (f"POST {path} HTTP/1.1\nHost: x\nContent-Type: application/x-www-form-urlencoded\n"
+                  f"Content-Length: {len(body)}\nExpect: 100-continue\n")
+        answer = raw_exchange(server.url, sneaky, b"")
+        assert answer.startswith("HTTP/1.1 401") and "100 Continue" not in answer, answer
+        assert server.terminate() == 0
+    assert table(tmp_path / "out.db", "employees") == []

@@ -20,6 +20,7 @@ import binascii
 import hmac
 import ipaddress
 import logging
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -133,6 +134,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.track(self.connection, None)
         super().finish()
 
+    def handle_expect_100(self) -> bool:
+        """Invite the body only from an allowed address with the right credentials."""
+        receiver = self.server.receiver
+        self.body_read = False
+        if not receiver.allowed(self.client_address[0]):
+            self.reply(403, "this address may not post here", {})
+            return False
+        if not receiver.authorized(self.headers.get("Authorization")):
+            self.reply(401, "wrong or missing credentials",
+                       {"WWW-Authenticate": 'Basic realm="syncengine", charset="UTF-8"'})
+            return False
+        return super().handle_expect_100()
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.client_address[0], *args)
 
@@ -183,12 +197,12 @@ class _Handler(BaseHTTPRequestHandler):
             return 415, f"charset {charset} is not accepted; send UTF-8"
         if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length") is None:
             return 411, "send the body with a Content-Length"
-        try:
-            length = int(self.headers["Content-Length"])
-        except ValueError:
-            return 400, "Content-Length is not a number"
-        if length < 0:
-            return 400, "Content-Length is negative"
+        lengths = self.headers.get_all("Content-Length") or []
+        # Exactly one, plain digits: int() would take "+64", " 64" or "6_4", and a second header
+        # another server might read differently is how requests get smuggled past a proxy.
+        if len(lengths) != 1 or not re.fullmatch(r"[0-9]{1,12}", lengths[0]):
+            return 400, "Content-Length must be one plain number"
+        length = int(lengths[0])
         if length > config.max_body_bytes:
             return 413, f"the body is over {config.max_body_bytes} bytes"
         body = self.rfile.read(length)

@@ -134,6 +134,20 @@ def test_processed_files_move_to_the_archive(morning: Path, server: SftpServer) 
     assert again.code == 0 and report["syncs"]["quotes"]["read"] == 0
 
 
+def test_a_file_with_an_undelivered_record_is_not_archived(morning: Path, server: SftpServer) -> None:
+    text = morning.read_text(encoding="utf-8").replace(
+        "{name: aljex_sftp, files: quotes.csv}", "{name: aljex_sftp, files: quotes.csv, archive_directory: done}")
+    morning.write_text(text, encoding="utf-8")
+    remote = server.root / DIRECTORY
+    (remote / "done").mkdir()
+    aljex_data.write_exports(remote, 0)
+    with (remote / "quotes.csv").open("ab") as handle:
+        handle.write(b"a,row,that,does,not,fit,the,header,at,all,x,y,z\r\n")
+    result, report = apply(morning, server, "--sync", "quotes")
+    assert result.code == 1 and report["syncs"]["quotes"]["errors"] == 1, result.text
+    assert (remote / "quotes.csv").exists() and not (remote / "done" / "quotes.csv").exists()
+
+
 def assert_refused(pipeline: Path, server: SftpServer, result: Result, expected: str) -> None:
     """Exit 3, the run ends with one line naming the problem, the secret nowhere, nothing written."""
     assert result.code == 3, result.text

@@ -97,6 +97,8 @@ class SftpStream:
                              quotechar=options.quotechar)
         self.remembered: dict[str, list[Any]] = {}
         self.read_files: list[RemoteFile] = []
+        self.yielded = 0
+        self.acknowledged = 0
         self.whole = False
         """Whether this run read every file of the sync (and there was one): only then may the engine
         take a missing key for a delete. A skipped, already processed file makes the read partial."""
@@ -128,7 +130,9 @@ class SftpStream:
             handle.prefetch(remote.size, max_concurrent_requests=PREFETCH_LIMIT)
             text = io.TextIOWrapper(handle, encoding=self.options.encoding, newline="")
             try:
-                yield from read_csv(text, self.csv, remote.name)
+                for row in read_csv(text, self.csv, remote.name):
+                    self.yielded += 1  # an unreadable row counts too: it is never acknowledged
+                    yield row
             except UnicodeDecodeError as exc:
                 raise RunFailed(f"{remote.name}: not {self.options.encoding} text ({exc.reason}); set encoding") \
                     from exc
@@ -140,12 +144,21 @@ class SftpStream:
             handle.close()
 
     def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Nothing to do per record; archiving waits for :meth:`finish`."""
+        """Count what was delivered; archiving waits for :meth:`finish`."""
+        self.acknowledged += len(records)
 
     def finish(self) -> str | None:
-        """Archive the files read (all their records are acknowledged), then return the cursor."""
+        """Archive the files read when every one of their records was acknowledged; return the cursor.
+
+        A record that failed (dead-lettered) keeps the run's files in place, so its row can still be
+        read from the server; the cursor still marks them processed, so they are not read again
+        unless they change or the sync is run with ``--full-refresh``.
+        """
         archive = self.options.archive_directory
-        if archive and self.read_files:
+        if archive and self.read_files and self.acknowledged < self.yielded:
+            self.log.warning("%d record(s) were not delivered: the files read stay in %s, not archived",
+                             self.yielded - self.acknowledged, self.owner.config.directory)
+        elif archive and self.read_files:
             session = self.owner.session()
             for remote in self.read_files:
                 self._archive(session, remote, archive)

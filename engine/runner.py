@@ -194,8 +194,8 @@ class Engine:
         self._state_path = state_path or pipeline.state_path
         self._dry_run = dry_run
         self._store: StateStore | None = None
-        self.env = make_environment(pipeline.base_dir)
         self.redactor = Redactor({v for n in pipeline.secret_env if (v := EnvView().get(n))})
+        self.env = make_environment(pipeline.base_dir, on_secret=self.redactor.add)
         self._open: dict[tuple[str, str], Any] = {}
         self._configs: dict[tuple[str, str], Any] = {}
 

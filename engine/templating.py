@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,8 @@ class SyncEnvironment(SandboxedEnvironment):
         return super().getattr(obj, attribute)
 
 
-def make_environment(base_dir: Path | None = None) -> SyncEnvironment:
+def make_environment(base_dir: Path | None = None,
+                     on_secret: Callable[[str], None] | None = None) -> SyncEnvironment:
     """The sandboxed environment with the engine's filters and globals."""
     env = SyncEnvironment(undefined=MissingValue, autoescape=False, keep_trailing_newline=False)
     env.filters.update(FILTERS)
@@ -148,7 +149,10 @@ def make_environment(base_dir: Path | None = None) -> SyncEnvironment:
 
     def secret_file(path: str) -> str:
         """The content of a secret file (path relative to the pipeline), without its final newline."""
-        return (root / path).read_text(encoding="utf-8").rstrip("\r\n")
+        value = (root / path).read_text(encoding="utf-8").rstrip("\r\n")
+        if on_secret is not None:
+            on_secret(value)  # masked from then on in messages, reports and dead letters
+        return value
 
     env.globals["secret_file"] = secret_file
     return env

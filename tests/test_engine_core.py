@@ -214,3 +214,17 @@ def test_a_snapshot_read_from_a_cursor_infers_no_deletes(tmp_path: Path) -> None
     assert counts(report) == (0, 0, 0, 0)
     assert set(mem.WORLD.table) == {"a", "b"}
     assert report.syncs["loads"].errors[0].startswith("deletes skipped: the source read only part")
+
+
+def test_secret_file_values_are_masked_too(tmp_path: Path) -> None:
+    (tmp_path / "token.txt").write_text("file-s3cret-token\n", encoding="utf-8")
+    text = PIPELINE.replace('region: "{{ vars.region }}"', "region: \"{{ secret_file('token.txt') }}\"")
+    path = tmp_path / "p.yml"
+    path.write_text(pipeline_text(text), encoding="utf-8")
+    load(("a", "A", "2026-01-01"))
+    mem.WORLD.reject = {"a": "refused"}
+    report = run(path)
+    assert report.syncs["loads"].counts["errors"] == 1
+    payload = json.loads(rows(tmp_path / ".syncengine" / "state.db", "SELECT payload FROM dead_letters")[0][0])
+    assert payload["region"] == "***"
+    assert b"file-s3cret-token" not in (tmp_path / ".syncengine" / "state.db").read_bytes()

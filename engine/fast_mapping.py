@@ -16,6 +16,7 @@ of the function. No attribute of any object is read, so there is nothing for the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ from jinja2 import nodes
 
 from engine.templating import SyncEnvironment, single_expression
 
+_LAZY = frozenset({"reverse"})
+"""Filters that may return an iterator although they are no generator functions."""
 _COMPARE = {"eq": "==", "ne": "!=", "gt": ">", "gteq": ">=", "lt": "<", "lteq": "<=", "in": "in", "notin": "not in"}
 
 
@@ -120,6 +123,9 @@ class _Translator:
         function = self.env.filters.get(node.name)
         if function is None or getattr(function, "jinja_pass_arg", None) is not None:
             raise Unsupported(f"filter {node.name}")
+        if inspect.isgeneratorfunction(function) or node.name in _LAZY:
+            # A lazy result is no value; the Jinja path reports it as a record error.
+            raise Unsupported(f"filter {node.name} gives an iterator")
         args = [self.expr(node.node), *(self.expr(a) for a in node.args),
                 *(f"{k.key}={self.expr(k.value)}" for k in node.kwargs)]
         return f"{self.constant(function)}({', '.join(args)})"

@@ -23,8 +23,10 @@ from engine.fast_mapping import Unsupported, compile_fast
 from engine.filters import FilterError
 from engine.templating import SyncEnvironment, single_expression
 
-_NOT_DATA = frozenset({types.MethodType, types.BuiltinMethodType, types.FunctionType, types.GeneratorType,
-                       type({}.get), type(str.upper)})
+_ITERATORS = frozenset({types.GeneratorType, type(reversed([])), type(iter([])), type(iter(())), type(iter("")),
+                        map, filter, zip})
+_NOT_DATA = frozenset({types.MethodType, types.BuiltinMethodType, types.FunctionType, type({}.get),
+                       type(str.upper)}) | _ITERATORS
 """Types a template may produce that are not data: a dict method reached through a missing field, a generator."""
 
 
@@ -204,8 +206,6 @@ class CompiledMapping:
                 result = self._fast(record)
             except Exception:  # noqa: BLE001, S110 - not swallowed: the Jinja path below gives the value or the error
                 pass
-        if result is not _JINJA and result is not None and not _data_only(result[0]):  # type: ignore[index]
-            result = _JINJA  # a method or a generator where data belongs: let the Jinja path explain it
         if result is _JINJA:
             result = self._render(record)
         if result is None:
@@ -282,8 +282,8 @@ def compile_native(env: SyncEnvironment, source: str) -> Callable[[dict[str, Any
         if isinstance(value, Undefined):
             value._fail_with_undefined_error()
         if type(value) in _NOT_DATA:
-            if isinstance(value, types.GeneratorType):
-                raise FilterError("the template gives a generator, not a value; add | list")
+            if type(value) in _ITERATORS:
+                raise FilterError("the template gives an iterator, not a value; add | list")
             raise FilterError("the template gives a method, not a value: the record has no field of that name "
                               "(a name such as values, items or get is also a method of every record)")
         return value

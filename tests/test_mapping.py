@@ -127,7 +127,10 @@ def test_a_method_or_a_generator_is_not_a_value() -> None:
     assert caught.value.field == "v" and caught.value.message.startswith("the template gives a method, not a value")
     with pytest.raises(RecordError) as caught:
         one("{{ record.xs | batch(2) }}", {"xs": [1, 2, 3]})
-    assert caught.value.message == "the template gives a generator, not a value; add | list"
+    assert caught.value.message == "the template gives an iterator, not a value; add | list"
+    with pytest.raises(RecordError):
+        one("{{ record.xs | reverse }}", {"xs": [1, 2, 3]})
+    assert one("{{ record.xs | reverse | list }}", {"xs": [1, 2, 3]}) == [3, 2, 1]
     assert one("{{ record.xs | batch(2) | list }}", {"xs": [1, 2, 3]}) == [[1, 2], [3]]
     assert one("{{ record.get('x', 'none') }}", {}) == "none"  # calling a method still works
 

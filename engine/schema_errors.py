@@ -19,20 +19,15 @@ _TYPE_NAMES = {
 }
 
 
+_KIND_NAMES = {
+    "boolean": "true or false", "integer": "a whole number", "number": "a number", "string": "text",
+    "object": "a mapping", "array": "a list", "null": "null",
+}
+
+
 def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int):
-        return "a whole number"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return "null"
+    """What a value is, in words."""
+    return _KIND_NAMES[_json_type(value)]
 
 
 def _json_type(value: Any) -> str:

@@ -48,6 +48,24 @@ def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
         con.close()
 
 
+def csv_to_sqlite(folder: Path, sync: str, *, source: str = "{type: csv, path: in.csv}", extra: str = "") -> Path:
+    """Write the common test pipeline: one CSV source, one sync into a SQLite table named after it, key ``id``."""
+    path = folder / "p.yml"
+    path.write_text(f"""\
+version: 1
+sources:
+  files: {source}
+destinations:
+  db: {{type: sqlite, path: out.db}}
+syncs:
+  {sync}:
+    source: files
+    destination: {{name: db, table: {sync}, create_table: true}}
+    key: id
+{extra}""", encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def quickstart(tmp_path: Path) -> Iterator[Path]:
     """A private copy of ``samples/quickstart``; yields its pipeline file."""

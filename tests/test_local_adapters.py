@@ -6,7 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from conftest import rows, syncengine
+from conftest import csv_to_sqlite, rows, syncengine
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -21,18 +21,7 @@ def test_csv_with_bom_quotes_line_breaks_accents_and_a_glob(tmp_path: Path) -> N
                                      "008,Bélanger,\r\n", "utf-8")
     write(tmp_path / "in" / "b.csv", "id,name,note\n009,Zoë,x\n")
     write(tmp_path / "in" / "ignored.txt", "not csv")
-    pipeline = write(tmp_path / "p.yml", """\
-version: 1
-sources:
-  files: {type: csv, path: "in/*.csv"}
-destinations:
-  db: {type: sqlite, path: out.db}
-syncs:
-  people:
-    source: files
-    destination: {name: db, table: people, create_table: true}
-    key: id
-""")
+    pipeline = csv_to_sqlite(tmp_path, "people", source='{type: csv, path: "in/*.csv"}')
     result = syncengine("apply", pipeline)
     assert result.code == 0 and "people: 3 creates" in result.out, result.text
     assert rows(tmp_path / "out.db", "SELECT id, name, note FROM people ORDER BY id") == [
@@ -41,19 +30,8 @@ syncs:
 
 def test_csv_encoding_and_delimiter_and_a_bad_row(tmp_path: Path) -> None:
     write(tmp_path / "in.csv", "id;city\n1;Düsseldorf\n2;Köln;extra\n3;Zürich\n", "cp1252")
-    pipeline = write(tmp_path / "p.yml", """\
-version: 1
-sources:
-  files: {type: csv, path: in.csv, encoding: cp1252, delimiter: ";"}
-destinations:
-  db: {type: sqlite, path: out.db}
-syncs:
-  cities:
-    source: files
-    destination: {name: db, table: cities, create_table: true}
-    key: id
-    mode: mirror
-""")
+    pipeline = csv_to_sqlite(tmp_path, "cities", source='{type: csv, path: in.csv, encoding: cp1252, delimiter: ";"}',
+                             extra="    mode: mirror\n")
     result = syncengine("apply", pipeline)
     assert result.code == 1, result.text
     assert "cities: 2 creates, 0 updates, 0 deletes, 1 errors" in result.out
@@ -64,18 +42,7 @@ syncs:
 
 def test_wrong_encoding_fails_the_run_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
     write(tmp_path / "in.csv", "id,city\n1,Düsseldorf\n", "cp1252")
-    pipeline = write(tmp_path / "p.yml", """\
-version: 1
-sources:
-  files: {type: csv, path: in.csv}
-destinations:
-  db: {type: sqlite, path: out.db}
-syncs:
-  cities:
-    source: files
-    destination: {name: db, table: cities, create_table: true}
-    key: id
-""")
+    pipeline = csv_to_sqlite(tmp_path, "cities")
     result = syncengine("apply", pipeline)
     assert result.code == 3
     assert "cities: failed: in.csv: not utf-8-sig text (invalid start byte at byte 11); set encoding" in result.out
@@ -207,18 +174,7 @@ syncs:
 
 def test_a_header_with_a_repeated_column_fails_the_run(tmp_path: Path) -> None:
     write(tmp_path / "in.csv", "id,name,name\n1,a,b\n")
-    pipeline = write(tmp_path / "p.yml", """\
-version: 1
-sources:
-  files: {type: csv, path: in.csv}
-destinations:
-  db: {type: sqlite, path: out.db}
-syncs:
-  people:
-    source: files
-    destination: {name: db, table: people, create_table: true}
-    key: id
-""")
+    pipeline = csv_to_sqlite(tmp_path, "people")
     result = syncengine("apply", pipeline)
     assert result.code == 3 and "people: failed: in.csv: the header names 'name' more than once" in result.out
     assert not (tmp_path / "out.db").exists()

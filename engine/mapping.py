@@ -123,7 +123,6 @@ class CompiledMapping:
         self.fields = fields
         self.key_fields = key_fields
         self.output_names = tuple(dict.fromkeys(str(f.path[0]) for f in fields))
-        self._env = env
         self._context = dict(context)
         self._single: dict[str, Callable[[dict[str, Any]], Any]] = {}
         body: list[nodes.Node] = []

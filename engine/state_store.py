@@ -229,10 +229,6 @@ class StateStore:
             last = rows[-1][0]
             yield [(key, remote_id, memo) for _, key, remote_id, memo in rows]
 
-    def seen_keys(self) -> set[str]:
-        """Keys seen in this run (used for small sets only, such as dead letters)."""
-        return {row[0] for row in self.db.execute("SELECT key FROM temp.seen")}
-
     def was_seen(self, key: str) -> bool:
         """Whether this run saw ``key``."""
         return self.db.execute("SELECT 1 FROM temp.seen WHERE key = ?", (key,)).fetchone() is not None

@@ -118,13 +118,19 @@ def test_an_unchanged_file_is_not_read_again(morning: Path, server: SftpServer) 
     assert (report["syncs"]["quotes"]["read"], report["syncs"]["quotes"]["creates"]) == (4, 1), changed.text
 
 
-def test_processed_files_move_to_the_archive(morning: Path, server: SftpServer) -> None:
+def archive_quotes(morning: Path, server: SftpServer) -> Path:
+    """Make the quotes sync archive what it read into done/, write day 0's exports; returns the remote folder."""
     text = morning.read_text(encoding="utf-8").replace(
         "{name: aljex_sftp, files: quotes.csv}", "{name: aljex_sftp, files: quotes.csv, archive_directory: done}")
     morning.write_text(text, encoding="utf-8")
     remote = server.root / DIRECTORY
     (remote / "done").mkdir()
     aljex_data.write_exports(remote, 0)
+    return remote
+
+
+def test_processed_files_move_to_the_archive(morning: Path, server: SftpServer) -> None:
+    remote = archive_quotes(morning, server)
     result, report = apply(morning, server, "--sync", "quotes", "--sync", "debits")
     assert result.code == 0, result.text
     assert report["syncs"]["quotes"]["creates"] == 3
@@ -135,12 +141,7 @@ def test_processed_files_move_to_the_archive(morning: Path, server: SftpServer) 
 
 
 def test_a_file_with_an_undelivered_record_is_not_archived(morning: Path, server: SftpServer) -> None:
-    text = morning.read_text(encoding="utf-8").replace(
-        "{name: aljex_sftp, files: quotes.csv}", "{name: aljex_sftp, files: quotes.csv, archive_directory: done}")
-    morning.write_text(text, encoding="utf-8")
-    remote = server.root / DIRECTORY
-    (remote / "done").mkdir()
-    aljex_data.write_exports(remote, 0)
+    remote = archive_quotes(morning, server)
     with (remote / "quotes.csv").open("ab") as handle:
         handle.write(b"a,row,that,does,not,fit,the,header,at,all,x,y,z\r\n")
     result, report = apply(morning, server, "--sync", "quotes")

@@ -173,11 +173,11 @@ class PushSync:
 
     def _reject(self, error: RecordError, action: str | None, record: dict[str, Any],
                 payload: dict[str, Any] | None, status: int) -> Delivery:
-        """Dead-letter the record (state unchanged otherwise) and tell the sender why."""
+        """Dead-letter the record (state unchanged otherwise) and tell the sender why; secrets are masked."""
         redact = self.engine.redactor
         key = error.key or "(no key) " + hashlib.blake2b(repr(record).encode(), digest_size=6).hexdigest()
         message = redact.text(error.describe())
-        row = (key, action, json.dumps(record, default=str),
+        row = (key, action, json.dumps(redact.data(record), default=str),
                json.dumps(redact.data(payload), default=str) if payload is not None else None,
                message, error.field, error.location)
         self._commit("errors", dead=[row])

@@ -1,6 +1,7 @@
 """Invalid pipelines, each paired with the exact lines ``syncengine validate`` must print (exit 2, nothing run).
 
-Every fixture in ``tests/invalid/`` is one small mistake in an otherwise valid pipeline.
+Every fixture in ``tests/invalid/`` is one small mistake in an otherwise valid pipeline, or a malformed
+YAML file (bad syntax, tags, aliases, several documents). Generated hostile files are in test_hostile_yaml.py.
 """
 
 from __future__ import annotations
@@ -84,14 +85,108 @@ INVALID: dict[str, list[str]] = {
         'wrong_type.yml:16:17: syncs.customers.batch_size: expected a whole number, got text',
     ],
     'yaml_syntax.yml': [
-        "yaml_syntax.yml:15:9: YAML syntax: did not find expected ',' or ']'",
+        "yaml_syntax.yml:14:10: YAML syntax: this '[' is never closed (did not find expected ',' or ']' up to line 15, column 9)",
+    ],
+    # Hostile or malformed files: each a located error at the right line, never a traceback.
+    'anchor_twice.yml': [
+        "anchor_twice.yml:9:11: destinations.warehouse.path: anchor '&p' is defined twice (first at line 5)",
+    ],
+    'bad_indent.yml': [
+        'bad_indent.yml:15:4: YAML syntax: did not find expected key',
+    ],
+    'bad_int.yml': [
+        "bad_int.yml:16:17: syncs.customers.batch_size: 'many' is not a valid !!int",
+    ],
+    'binary_tag.yml': [
+        "binary_tag.yml:9:11: destinations.warehouse.path: tag '!!binary' is not allowed (allowed: !!str, !!int, !!float, !!bool, !!null, !!seq, !!map)",
+    ],
+    'complex_key.yml': [
+        'complex_key.yml:15:7: syncs.customers: a key must be text or a number, not a list or a mapping',
+    ],
+    'custom_tag.yml': [
+        "custom_tag.yml:5:11: sources.customers_csv.path: tag '!Ref' is not allowed (allowed: !!str, !!int, !!float, !!bool, !!null, !!seq, !!map)",
+    ],
+    'document_list.yml': [
+        'document_list.yml:1:1: a pipeline must be a mapping of keys to values',
+    ],
+    'document_scalar.yml': [
+        'document_scalar.yml:1:1: a pipeline must be a mapping of keys to values',
+    ],
+    'duplicate_keys_deep.yml': [
+        "duplicate_keys_deep.yml:10:5: destinations.warehouse.type: duplicate key 'type'",
+        "duplicate_keys_deep.yml:14:74: syncs.customers.destination.table: duplicate key 'table'",
+        "duplicate_keys_deep.yml:21:9: syncs.customers.mapping.fields.name: duplicate key 'name'",
+        "duplicate_keys_deep.yml:22:1: destinations: duplicate key 'destinations'",
+    ],
+    'empty.yml': [
+        "empty.yml:1:1: missing required key 'syncs'",
+        "empty.yml:1:1: missing required key 'version'",
+    ],
+    'feilds_inline.yml': [
+        "feilds_inline.yml:17:7: syncs.customers.mapping.feilds: unknown key 'feilds' (did you mean 'fields'?)",
+    ],
+    'huge_float.yml': [
+        'huge_float.yml:16:23: syncs.customers.max_delete_share: must be at most 1, not inf',
+    ],
+    'huge_number.yml': [
+        'huge_number.yml:16:17: syncs.customers.batch_size: number too large (5,001 digits)',
+    ],
+    'key_no_value.yml': [
+        "key_no_value.yml:12:5: syncs.customers: missing required key 'key' (the record key: an output field, a list of them, or a template); it may also come from the mapping file",
+        'key_no_value.yml:14:9: syncs.customers.key: expected text or a list, got null',
+    ],
+    'merge_key.yml': [
+        'merge_key.yml:8:5: destinations.warehouse: YAML merge keys (<<) are not supported; repeat the values',
+    ],
+    'missing_colon.yml': [
+        "missing_colon.yml:15:5: YAML syntax: could not find expected ':' after the key that starts here",
+    ],
+    'python_apply_list.yml': [
+        "python_apply_list.yml:14:10: syncs.customers.key: tag '!!python/object/apply:os.system' is not allowed (allowed: !!str, !!int, !!float, !!bool, !!null, !!seq, !!map)",
+    ],
+    'python_name.yml': [
+        "python_name.yml:15:11: syncs.customers.mode: tag '!!python/name:os.system' is not allowed (allowed: !!str, !!int, !!float, !!bool, !!null, !!seq, !!map)",
+    ],
+    'recursive_alias.yml': [
+        "recursive_alias.yml:14:27: syncs.customers.key[1]: alias '*k' stands inside the value it refers to",
+    ],
+    'tab_indent.yml': [
+        'tab_indent.yml:9:1: YAML syntax: found a tab character that violates indentation',
+    ],
+    'tag_wrong_kind.yml': [
+        "tag_wrong_kind.yml:14:10: syncs.customers.key: tag '!!map' does not fit a list",
+    ],
+    'two_documents.yml': [
+        'two_documents.yml:20:1: a file holds one YAML document; a second one starts here',
+    ],
+    'unclosed_brace.yml': [
+        "unclosed_brace.yml:13:18: YAML syntax: this '{' is never closed (did not find expected ',' or '}' up to line 14, column 8)",
+    ],
+    'unclosed_bracket.yml': [
+        "unclosed_bracket.yml:19:10: YAML syntax: this '[' is never closed (did not find expected ',' or ']' up to line 20, column 1)",
+    ],
+    'unclosed_quote.yml': [
+        'unclosed_quote.yml:18:22: YAML syntax: the quoted text that starts here runs on to line 19; is its closing " missing? (did not find expected key at line 19, column 16)',
+    ],
+    'unknown_alias.yml': [
+        "unknown_alias.yml:14:10: syncs.customers.key: unknown alias '*customer'; an alias must follow its anchor",
+    ],
+    'unquoted_template.yml': [
+        'unquoted_template.yml:19:15: syncs.customers.mapping.fields.name: YAML reads an unquoted {{ ... }} as a mapping; put the template in quotes: "{{ ... }}"',
+    ],
+    'unquoted_template_text.yml': [
+        'unquoted_template_text.yml:19:15: syncs.customers.mapping.fields.name: YAML reads an unquoted {{ ... }} as a mapping; put the template in quotes: "{{ ... }}"',
+        'unquoted_template_text.yml:19:34: YAML syntax: did not find expected key; a value starting with {{ must be quoted',
+    ],
+    'yaml_directive.yml': [
+        'yaml_directive.yml:1:1: YAML syntax: found incompatible YAML document (only YAML 1.1 and 1.2 are read)',
     ],
 }
 
 
 def test_every_fixture_has_its_expected_lines() -> None:
     assert sorted(INVALID) == sorted(p.name for p in FIXTURES.glob("*.yml"))
-    assert len(INVALID) >= 10
+    assert len(INVALID) >= 40
 
 
 @pytest.mark.parametrize("name", sorted(INVALID))

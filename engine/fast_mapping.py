@@ -12,6 +12,13 @@ which then produces the value or the located record error; filters are the very 
 would call (those that need Jinja's context or environment are not translated); text is joined
 with ``str`` as Jinja does; ``vars``, ``env`` and ``run`` are per run, so their values are constants
 of the function. No attribute of any object is read, so there is nothing for the sandbox to check.
+
+Values here are never undefined (a missing field is a ``KeyError``), so filters are called without
+the environment's strict wrappers. Output sizes are checked as the Jinja path checks them (see
+:mod:`engine.mapping`), with the work decided at compile time: a field copied from the record, or
+a number, date or boolean, costs nothing per record; a text made here costs one ``len``. The check
+counts at least what the Jinja path counts, so a record it passes the Jinja path passes too, and
+a record it refuses goes to the Jinja path for the exact verdict.
 """
 
 from __future__ import annotations
@@ -22,15 +29,31 @@ from typing import Any
 
 from jinja2 import nodes
 
+from engine import filters
+from engine.limits import MAX_VALUE, measure
 from engine.templating import SyncEnvironment, single_expression
 
-_LAZY = frozenset({"reverse"})
+_LAZY = frozenset({"reverse", "batch", "slice"})
 """Filters that may return an iterator although they are no generator functions."""
 _COMPARE = {"eq": "==", "ne": "!=", "gt": ">", "gteq": ">=", "lt": "<", "lteq": "<=", "in": "in", "notin": "not in"}
 
 
 class Unsupported(Exception):
     """A template uses something outside the translated subset."""
+
+
+class _TooLarge(Exception):
+    """The values made for a record may pass the size limits: the Jinja path decides."""
+
+
+# What a translated expression can give, for the size check: a value of the record itself ("pass"),
+# a number, date or boolean ("scalar"), text ("str"), text or None ("opt_str"), anything else ("any").
+_SCALAR = frozenset({filters.strict_int, filters.strict_float, filters.cents, filters.to_decimal, filters.money,
+                     filters.to_bool, filters.parse_date, filters.to_timezone})
+_STR = frozenset({filters.upper, filters.lower})
+_OPT_STR = frozenset({filters.iso8601, filters.format_date, filters.clean, filters.digits, filters.ascii_fold,
+                      filters.limit, filters.zfill})
+_EXEMPT = frozenset({"pass", "scalar"})
 
 
 class _Translator:
@@ -40,6 +63,71 @@ class _Translator:
         self.env = env
         self.context = context
         self.constants: dict[str, Any] = {}
+        self.base_size = 0
+        """Characters of the constant output values (known at compile time)."""
+        self.checks: list[str] = []
+        """Per-record size terms of the output values made here, over locals ``_v0``, ``_v1``..."""
+
+    def function(self, node: nodes.Filter) -> Any:
+        """The filter's own function (without the environment's strict wrapper)."""
+        found = self.env.filters.get(node.name)
+        return getattr(found, "syncengine_inner", found)
+
+    def kind(self, node: nodes.Node) -> str:
+        """What an expression can give, for the size check (see ``_SCALAR``)."""
+        if isinstance(node, (nodes.Getattr, nodes.Getitem)) and isinstance(node.node, nodes.Name) \
+                and node.node.name == "record":
+            return "pass"
+        if isinstance(node, (nodes.Compare, nodes.Not)):
+            return "scalar"
+        if isinstance(node, nodes.Concat):
+            return "str"
+        if isinstance(node, nodes.Filter) and node.node is not None:
+            function = self.function(node)
+            if function in _SCALAR:
+                return "scalar"
+            if function in _STR:
+                return "str"
+            if function in _OPT_STR:
+                return "opt_str"
+            if function is filters.null_if_empty and self.kind(node.node) in _EXEMPT:
+                return "pass"  # the field's own value, or None
+            if function is filters.coalesce and all(self.kind(n) in _EXEMPT for n in (node.node, *node.args)):
+                return "pass"
+            return "any"
+        if isinstance(node, (nodes.And, nodes.Or)):
+            return "pass" if {self.kind(node.left), self.kind(node.right)} <= _EXEMPT else "any"
+        if isinstance(node, nodes.CondExpr) and node.expr2 is not None:
+            return "pass" if {self.kind(node.expr1), self.kind(node.expr2)} <= _EXEMPT else "any"
+        return "any"
+
+    def size_term(self, source: str, value: str) -> str | None:
+        """The per-record size term of an output template whose value is the Python expression ``value``.
+
+        ``None`` when the template's size is known now (added to ``base_size``) or does not count.
+        """
+        expr = single_expression(self.env.parse(source))
+        if isinstance(expr, nodes.Const):
+            self.base_size += measure(expr.value)
+            return None
+        kind = "str" if expr is None else self.kind(expr)
+        if kind in _EXEMPT:
+            return None
+        if kind == "str":
+            return f"len({value})"
+        if kind == "opt_str":
+            return f"(0 if {value} is None else len({value}))"
+        return f"{self.constant(measure)}({value})"
+
+    def output(self, source: str) -> str:
+        """The expression of an output value, with its size term added to the per-record check."""
+        text = self.template(source)
+        name = f"_v{len(self.checks)}"
+        term = self.size_term(source, name)
+        if term is None:
+            return text
+        self.checks.append(term)
+        return f"({name} := {text})"
 
     def constant(self, value: Any) -> str:
         """A name bound to ``value`` in the generated function's globals."""
@@ -120,7 +208,7 @@ class _Translator:
         """A filter call; filters that want Jinja's context, environment or eval context are not translated."""
         if node.dyn_args is not None or node.dyn_kwargs is not None or node.node is None:
             raise Unsupported("dynamic filter arguments")
-        function = self.env.filters.get(node.name)
+        function = self.function(node)
         if function is None or getattr(function, "jinja_pass_arg", None) is not None:
             raise Unsupported(f"filter {node.name}")
         if inspect.isgeneratorfunction(function) or node.name in _LAZY:
@@ -140,6 +228,34 @@ def _literal(tree: Any) -> str:
     return str(tree)
 
 
+def size_of_made(env: SyncEnvironment, leaves: list[tuple[str, Any, bool]],
+                 context: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], int] | None:
+    """For the Jinja path: a function of the rendered slots giving the characters the same check counts.
+
+    ``leaves`` are (slot name, template source or constant, is template). ``None`` when no value
+    can be large: the check then costs nothing per record.
+    """
+    translator = _Translator(env, context)
+    terms: list[str] = []
+    for slot, source, templated in leaves:
+        if not templated:
+            translator.base_size += measure(source)
+            continue
+        try:
+            term = translator.size_term(source, f"v[{slot!r}]")
+        except Unsupported:  # a vars/env/run value that cannot be read now: measure it per record
+            term = f"{translator.constant(measure)}(v[{slot!r}])"
+        if term is not None:
+            terms.append(term)
+    if not terms and translator.base_size <= MAX_VALUE:
+        return None
+    namespace: dict[str, Any] = dict(translator.constants)
+    code = f"def size(v):\n    return {translator.base_size} + {' + '.join(terms) or '0'}\n"
+    exec(compile(code, "<mapping sizes>", "exec"), namespace)  # noqa: S102 - our own generated code
+    function: Callable[[Mapping[str, Any]], int] = namespace["size"]
+    return function
+
+
 def compile_fast(env: SyncEnvironment, fields: list[tuple[tuple[str | int, ...], Any, bool]], *,
                  key_template: str | None, filter_template: str | None,
                  context: Mapping[str, Any]) -> Callable[[dict[str, Any]], tuple[dict[str, Any], Any] | None]:
@@ -151,7 +267,11 @@ def compile_fast(env: SyncEnvironment, fields: list[tuple[tuple[str | int, ...],
     translator = _Translator(env, context)
     tree: dict[str, Any] = {}
     for path, source, templated in fields:
-        text = translator.template(source) if templated else translator.constant(source)
+        if templated:
+            text = translator.output(source)
+        else:
+            text = translator.constant(source)
+            translator.base_size += measure(source)
         node: Any = tree
         for part, nxt in zip(path, path[1:], strict=False):
             if isinstance(node, list):
@@ -173,8 +293,17 @@ def compile_fast(env: SyncEnvironment, fields: list[tuple[tuple[str | int, ...],
     if filter_template is not None:
         lines.append(f"    if not {translator.template(filter_template)}:")
         lines.append("        return None")
-    key = translator.template(key_template) if key_template is not None else "None"
-    lines.append(f"    return {_literal(tree)}, {key}")
+    key = translator.output(key_template) if key_template is not None else "None"
+    if translator.base_size > MAX_VALUE:
+        raise Unsupported("constant values over the size limit")  # the Jinja path reports it
+    if translator.checks:
+        lines.append(f"    result = {_literal(tree)}, {key}")
+        base = f"{translator.base_size} + " if translator.base_size else ""
+        lines.append(f"    if {base}{' + '.join(translator.checks)} > {MAX_VALUE}:")
+        lines.append(f"        raise {translator.constant(_TooLarge)}")
+        lines.append("    return result")
+    else:
+        lines.append(f"    return {_literal(tree)}, {key}")
     namespace: dict[str, Any] = dict(translator.constants)
     exec(compile("\n".join(lines), "<mapping>", "exec"), namespace)  # noqa: S102 - our own generated code
     function: Callable[[dict[str, Any]], tuple[dict[str, Any], Any] | None] = namespace["fast"]

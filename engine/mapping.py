@@ -4,6 +4,10 @@ Every field template becomes a top-level ``{% set %}`` of one combined template,
 record computes every field with native types, behind the ``filter:`` condition. The Jinja context
 object is built once and reused: per record only ``record`` changes and the field slots are reset.
 When a record fails, each field is rendered on its own to name the field that failed.
+
+What a mapping makes is bounded: a value over :data:`~engine.limits.MAX_VALUE` characters, or a
+record whose values together pass :data:`~engine.limits.MAX_RECORD`, is a record error. A value
+copied unchanged from the source record does not count: the limits are on what templates make.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from jinja2 import Undefined, nodes
 from jinja2.exceptions import TemplateError
 
 from engine.errors import RecordError
-from engine.fast_mapping import Unsupported, compile_fast
+from engine.fast_mapping import Unsupported, compile_fast, size_of_made
 from engine.filters import FilterError
+from engine.limits import MAX_RECORD, MAX_VALUE, LimitError, measure
 from engine.templating import SyncEnvironment, single_expression
 
 _ITERATORS = frozenset({types.GeneratorType, type(reversed([])), type(iter([])), type(iter(())), type(iter("")),
@@ -142,6 +147,16 @@ class CompiledMapping:
                 self._constants[i] = f.source
         self._filter_at = filter_template[1] if filter_template else None
         self._key_at = key_template[1] if key_template else None
+        # For the size check: which field each slot holds, and what the constants outside the slots weigh.
+        self._slot_field = {self._slots[i]: f for i, f in enumerate(fields)}
+        if key_template is not None:
+            self._slot_field[KEY] = FieldTemplate(("key",), key_template[0], key_template[1], True)
+        self._constant_size = sum(measure(value) for value in self._constants.values())
+        # What the size check counts per record, decided now from each template's kind (as on the fast path).
+        leaves = [(self._slots[i], f.source, f.is_template) for i, f in enumerate(fields) if i not in self._constants]
+        if key_template is not None:
+            leaves.append((KEY, key_template[0], True))
+        self._size = size_of_made(env, leaves, self._context)
         if key_template is not None:
             templated.insert(0, _assignment(KEY, env.parse(key_template[0])))
             self._single[KEY] = compile_native(env, key_template[0])
@@ -227,13 +242,53 @@ class CompiledMapping:
             # A field that read a missing value holds an Undefined; one look at the few value types finds it.
             if not _data_only(slots):
                 raise self._explain(record)
+            if self._size is not None and self._size(slots) + self._constant_size > MAX_VALUE:
+                too_big = self._oversized(record, slots)
+                if too_big is not None:
+                    raise too_big
             values = self._build(slots)
-        except (TemplateError, FilterError, ArithmeticError, TypeError, ValueError, LookupError):
-            raise self._explain(record) from None
+        except (TemplateError, FilterError, ArithmeticError, TypeError, ValueError, LookupError,
+                RecursionError) as exc:  # a macro calling itself too deep is this record's error too
+            raise self._explain(record, exc) from None
         return values, template_key
 
-    def _explain(self, record: dict[str, Any]) -> RecordError:
-        """Render field by field to find the first failure; slow, and only on the error path."""
+    def _oversized(self, record: dict[str, Any], slots: dict[str, Any]) -> RecordError | None:
+        """The error for a value over MAX_VALUE or a record over MAX_RECORD, counting only what templates made.
+
+        A value that is one of the source record's own values is not counted. The fast path's
+        generated check counts at least as much (see :mod:`engine.fast_mapping`), so both paths agree.
+        """
+        inputs = set(map(id, record.values()))
+        total = self._constant_size
+        for slot, value in slots.items():
+            if slot == KEEP or id(value) in inputs:
+                continue
+            size = measure(value, MAX_RECORD)
+            if size > MAX_VALUE:
+                shown = f"more than {MAX_RECORD:,}" if size > MAX_RECORD else f"{size:,}"
+                field = self._slot_field.get(slot)
+                return RecordError(f"the value has {shown} characters; a mapped value may have at most "
+                                   f"{MAX_VALUE:,}", key=self._slot_key(slots), field=field.name if field else slot,
+                                   location=field.location if field else None)
+            total += size
+        if total > MAX_RECORD:
+            return RecordError(f"the mapped values have {total:,} characters together; a mapped record may have "
+                               f"at most {MAX_RECORD:,}", key=self._slot_key(slots))
+        return None
+
+    def _slot_key(self, slots: dict[str, Any]) -> str | None:
+        """The record's key from its slots, if it can be made (for messages only)."""
+        try:
+            return record_key(self._build(dict(slots)), self.key_fields, slots.get(KEY), None)
+        except Exception:  # noqa: BLE001 - there is no key to report
+            return None
+
+    def _explain(self, record: dict[str, Any], cause: BaseException | None = None) -> RecordError:
+        """Render field by field to find the first failure; slow, and only on the error path.
+
+        A limit of the whole evaluation (loop iterations, work) may be reached only when every
+        field runs together; then no single field fails and the error names the limit itself.
+        """
         base = {**self._context, "record": record}
         rendered: dict[str, Any] = {}
         if KEEP in self._single:
@@ -254,6 +309,8 @@ class CompiledMapping:
                 rendered[f.name] = self._single[_slot(i)](base)
             except Exception as exc:  # noqa: BLE001 - reported, with the field, as a record error
                 return RecordError(_message(exc), key=self._key_hint(base, rendered), field=f.name, location=f.location)
+        if isinstance(cause, LimitError):
+            return RecordError(_message(cause), key=self._key_hint(base, rendered))
         return RecordError("the record could not be mapped", key=self._key_hint(base, rendered))
 
     def _key_hint(self, base: dict[str, Any], rendered: dict[str, Any]) -> str | None:
@@ -292,7 +349,7 @@ def compile_native(env: SyncEnvironment, source: str) -> Callable[[dict[str, Any
 
 def _message(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc)
-    return f"{text}" if isinstance(exc, (TemplateError, FilterError)) else f"{type(exc).__name__}: {text}"
+    return f"{text}" if isinstance(exc, (TemplateError, FilterError, LimitError)) else f"{type(exc).__name__}: {text}"
 
 
 def _put(out: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:

@@ -39,12 +39,16 @@ class Request:
 
 @dataclass
 class Reply:
-    """What the endpoint answers: status, body, headers, and a delay before answering."""
+    """What the endpoint answers: status, body, headers, and a delay before answering.
+
+    ``drop`` closes the connection without any answer (a request lost in a reset).
+    """
 
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    drop: bool = False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -57,13 +61,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def handle_any(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        request = Request(self.command, self.path, dict(self.headers.items()), self.rfile.read(length),
-                          self.client_address[1])
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True  # the sender died mid-request: an endpoint never sees it
+            return
+        request = Request(self.command, self.path, dict(self.headers.items()), body, self.client_address[1])
         with self.server.lock:
             self.server.requests.append(request)
         reply = self.server.script(request)
         if reply.delay:
             time.sleep(reply.delay)
+        if reply.drop:
+            self.close_connection = True
+            return
         try:
             self.send_response(reply.status)
             for name, value in reply.headers.items():
@@ -89,6 +99,12 @@ class ScriptedServer(ThreadingHTTPServer):
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about a connection the client reset (a sender killed on purpose); print anything else."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

@@ -4,7 +4,8 @@ one request sent with retries, its failures translated into the engine's errors 
 Retried, with exponential backoff and jitter: connection errors, timeouts, 408, 429 (waiting at
 least the server's ``Retry-After``) and every 5xx. Not retried: other 4xx (the record is wrong),
 TLS failures (the identity is wrong). 401 and 407 mean the credentials are wrong for every record,
-so they stop the run instead of dead-lettering each record.
+so they stop the run instead of dead-lettering each record. :meth:`Sender.attempt` sends once and
+says when to retry; the caller schedules the retry, so no sending thread ever sleeps on one.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def retry_after(response: urllib3.BaseHTTPResponse) -> float | None:
 
 
 class Aborted(ConnectError):
-    """A request given up because another request of its batch found the server unusable."""
+    """A request given up because another request found the server unusable."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,20 @@ class Attempted:
     attempts: int
 
 
+@dataclass(frozen=True)
+class Retry:
+    """A retryable answer: send the request again at ``at`` (on the ``time.monotonic()`` clock).
+
+    ``hold`` says the server as a whole is unwell (it cannot be reached, or answered 429), so the
+    sender should start no new request before ``at`` either, instead of finding that out once per record.
+    """
+
+    at: float
+    hold: bool = False
+
+
 class Sender:
-    """Sends requests through one connection pool, retrying what a retry may cure."""
+    """Sends requests through one connection pool, telling what a retry may cure and when to retry it."""
 
     def __init__(self, config: HttpConnectionConfig, pool: urllib3.PoolManager) -> None:
         import urllib3
@@ -138,49 +151,44 @@ class Sender:
         wait = min(cap, self.config.backoff * float(2 ** attempt)) * (0.5 + random.random() / 2)
         return min(cap, max(wait, hint or 0.0))
 
-    def send(self, method: str, url: str, *, body: bytes | None, headers: dict[str, str],
-             abort: threading.Event) -> Attempted:
-        """Send until an answer that is not retryable, or retries run out.
+    def attempt(self, method: str, url: str, *, body: bytes | None, headers: dict[str, str], attempt: int,
+                abort: threading.Event) -> Attempted | Retry:
+        """Send once (``attempt`` counts from 0): the final answer, or a :class:`Retry` saying when to try again.
 
-        Raises :class:`ConnectError` (and sets ``abort``, so the other requests of the batch stop
-        retrying) when the server cannot be reached at all, refuses the credentials or fails TLS
-        verification."""
-        config = self.config
-        retries = config.max_retries
-        attempt = 0
-        while True:
-            if abort.is_set():
-                raise Aborted("stopped: another request of this batch could not reach the server")
-            hint: float | None = None
-            try:
-                response = self.pool.urlopen(method, url, body=body, headers=headers, timeout=self.timeout,
-                                             retries=False, redirect=False)
-            except self.errors.SSLError as exc:
-                abort.set()
-                raise ConnectError(f"TLS verification of {_origin(url)} failed: {_reason(exc)}") from exc
-            except (self.errors.HTTPError, OSError) as exc:
-                # A refused or failed connection means the server is not there; a timeout or a dropped
-                # connection after it was made may be cured by a retry, then it is this record's failure.
-                unreachable = isinstance(exc, (self.errors.NewConnectionError, self.errors.ConnectTimeoutError))
-                if attempt >= retries:
-                    if unreachable:
-                        abort.set()
-                        raise ConnectError(f"cannot reach {_origin(url)} after {attempt + 1} attempts: "
-                                           f"{_reason(exc)}") from exc
-                    return Attempted(None, f"no answer within {config.timeout:g}s after {attempt + 1} attempts",
-                                     attempt + 1)
-            else:
-                status = response.status
-                if status in STOP_STATUSES:
-                    abort.set()
-                    raise ConnectError(f"{_origin(url)} refused the credentials (HTTP {status})")
-                if status < 500 and status not in RETRY_STATUSES:
-                    return Attempted(response, None, attempt + 1)
-                if attempt >= retries:
-                    return Attempted(response, f"HTTP {status} after {attempt + 1} attempts", attempt + 1)
-                hint = retry_after(response)
-            time.sleep(self.delay(attempt, hint))
-            attempt += 1
+        It never sleeps, so a thread that sends is free for other requests while this one waits for
+        its retry. Once ``max_retries`` retries were spent, a retryable answer is final. Raises
+        :class:`ConnectError` when the server cannot be reached at all, refuses the credentials or
+        fails TLS verification, and :class:`Aborted` when ``abort`` was set before the request left."""
+        if abort.is_set():
+            raise Aborted("stopped: another request could not reach the server")
+        last = attempt >= self.config.max_retries
+        try:
+            response = self.pool.urlopen(method, url, body=body, headers=headers, timeout=self.timeout,
+                                         retries=False, redirect=False)
+        except self.errors.SSLError as exc:
+            raise ConnectError(f"TLS verification of {_origin(url)} failed: {_reason(exc)}") from exc
+        except (self.errors.HTTPError, OSError) as exc:
+            # A refused or failed connection means the server is not there; a timeout or a dropped
+            # connection after it was made may be cured by a retry, then it is this record's failure.
+            unreachable = isinstance(exc, (self.errors.NewConnectionError, self.errors.ConnectTimeoutError))
+            if not last:
+                return Retry(time.monotonic() + self.delay(attempt, None), hold=unreachable)
+            if unreachable:
+                raise ConnectError(f"cannot reach {_origin(url)} after {attempt + 1} attempts: "
+                                   f"{_reason(exc)}") from exc
+            if isinstance(exc, (self.errors.TimeoutError, TimeoutError)):
+                return Attempted(None, f"no answer within {self.config.timeout:g}s after {attempt + 1} attempts",
+                                 attempt + 1)
+            return Attempted(None, f"connection lost after {attempt + 1} attempts: {_reason(exc)}", attempt + 1)
+        status = response.status
+        if status in STOP_STATUSES:
+            raise ConnectError(f"{_origin(url)} refused the credentials (HTTP {status})")
+        if status < 500 and status not in RETRY_STATUSES:
+            return Attempted(response, None, attempt + 1)
+        if last:
+            return Attempted(response, f"HTTP {status} after {attempt + 1} attempts", attempt + 1)
+        # 429 speaks for the whole server (a rate limit); a 5xx or 408 only for this request.
+        return Retry(time.monotonic() + self.delay(attempt, retry_after(response)), hold=status == 429)
 
 
 def _origin(url: str) -> str:

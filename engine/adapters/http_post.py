@@ -8,28 +8,37 @@ as a JSON object; an update goes the same way unless ``update_method`` is set (t
 returned at the create (a JSON answer's ``id``) or else the record key. A 404 or 410 answer to a
 delete counts as done: the record is not there.
 
-Requests run on a bounded thread pool (``concurrency``) over one keep-alive connection pool; retries
-follow :mod:`engine.adapters.http_client`. A rejected record (a 4xx other than 401/407/408/429, or
+Requests run on a bounded thread pool (``concurrency``) over one keep-alive connection pool, and
+each outcome is reported as it completes (:meth:`HttpPostStream.write_each`), so the engine records
+it at once: a crash resends at most the ``concurrency`` records whose outcome was not recorded yet.
+A retryable answer (see :mod:`engine.adapters.http_client`) puts its record back on a schedule
+while the threads send other records. A rejected record (a 4xx other than 401/407/408/429, or
 retries exhausted) is a failed outcome, so it is dead-lettered and the run goes on. Delivery is
-at least once: a record whose answer was lost (a timeout) may arrive twice.
+at least once; ``idempotency_header`` sends a key per change that stays the same when the same
+change is sent again, for endpoints that deduplicate.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
+import math
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+import time as clock
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode
 
 from engine.adapters.http_client import (
     Aborted,
     Attempted,
     HttpConnectionConfig,
+    Retry,
     Sender,
     basic_auth_header,
     body_text,
@@ -39,10 +48,13 @@ from engine.adapters.http_client import (
 from engine.errors import ConfigError
 from engine.interfaces import CREATE, DELETE, UPDATE, Change, Outcome, StreamContext
 from engine.registry import REGISTRY
+from engine.templating import EnvView, make_environment
 from engine.typed_config import option
 
-MAX_BATCH = 1000
 GONE = frozenset({404, 410})
+DEFAULT_IDEMPOTENCY_KEY = "{{ sync }}:{{ key }}:{{ hash }}"
+# Printable ASCII but space and "%": what a header value keeps as it is when it must be percent-encoded.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,8 +71,12 @@ class HttpPostConfig(HttpConnectionConfig):
                                        examples=["PUT", "PATCH"], pattern="^[A-Z]+$")
     delete_method: str = option("json only: method of deletes, sent to `{url}/{id}`.", "DELETE",
                                 pattern="^[A-Z]+$")
-    concurrency: int = option("Requests in flight at once (and keep-alive connections kept).", 8,
-                              minimum=1, maximum=64)
+    concurrency: int = option("Requests in flight at once (and keep-alive connections kept); a crash resends at "
+                              "most this many records.", 8, minimum=1, maximum=64)
+    idempotency_header: str | None = option("Header that carries each change's idempotency key (the sync option "
+                                            "`idempotency_key`), for endpoints that deduplicate; none by default.",
+                                            None, examples=["Idempotency-Key"],
+                                            pattern="^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,15 @@ class HttpPostOptions:
                                       "for form, none for json; an empty string leaves it out.", None)
     key_field: str = option("form deletes of a sync whose key is a template: the field that carries the key.",
                             "key")
+    idempotency_key: str = option("With the destination's `idempotency_header`: the template of its value, over "
+                                  "`sync`, `key`, `hash` (16 hex digits of the change's action and values), "
+                                  "`action`, `table`, `vars` and `run`. The same change sent again gets the same "
+                                  "value; a changed record, another.", DEFAULT_IDEMPOTENCY_KEY,
+                                  examples=["{{ table }}/{{ key }}/{{ hash }}"])
+
+    TEMPLATE_NAMES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "idempotency_key": ("sync", "key", "hash", "action", "table")}
+    """Names a per-record template option may use besides ``vars``, ``env`` and ``run`` (read by validation)."""
 
 
 def _form_value(value: Any) -> str:
@@ -95,10 +120,19 @@ def _json_default(value: Any) -> Any:
     return str(value)  # Decimal and the like: exact text, never a rounded float
 
 
+class _KeyFailed(Exception):
+    """The idempotency key of a change could not be rendered (the record fails, the run goes on)."""
+
+
+_PENDING = Outcome(False, error="no outcome")  # stands for an outcome not reported yet
+
+
 class HttpPostStream:
     """One sync's requests."""
 
-    max_batch: int | None = MAX_BATCH
+    max_batch: int | None = None
+    """No cap of its own: outcomes are recorded as they complete, so a batch bounds only memory (``batch_size``),
+    and fewer, longer batches wait less often for the last retry of a batch."""
 
     def __init__(self, owner: HttpPostDestination, options: HttpPostOptions, ctx: StreamContext) -> None:
         config = owner.config
@@ -121,30 +155,114 @@ class HttpPostStream:
         if not self.form:
             self.headers["Accept"] = "application/json"
         self.bare_headers = {k: v for k, v in self.headers.items() if k != "Content-Type"}
+        self.concurrency = config.concurrency
+        self.idempotency_header = config.idempotency_header
+        self.key_context = {"sync": ctx.sync, "table": self.table, "vars": ctx.vars, "env": EnvView(), "run": ctx.run}
+        # Compiled once per stream; rendered per request (a retry renders the same value again).
+        self.key_template = (make_environment(ctx.base_dir).from_string(options.idempotency_key)
+                             if self.idempotency_header else None)
 
     def write(self, changes: Sequence[Change]) -> list[Outcome]:
         """Send every change (``concurrency`` at a time); one outcome per change, in order."""
-        abort = threading.Event()
+        outcomes: list[Outcome] = [_PENDING] * len(changes)
+        for group in self.write_each(changes):
+            for index, outcome in group:
+                outcomes[index] = outcome
+        return outcomes
+
+    def write_each(self, changes: Sequence[Change]) -> Iterator[list[tuple[int, Outcome]]]:
+        """Send every change and yield, as requests complete, the ``(index, outcome)`` pairs completed since.
+
+        At most ``concurrency`` records are sent and not yet reported back or recorded: a new one is
+        sent only when the engine asks for the next group, which it does once the last group is
+        durable, so a crash at any instant resends at most ``concurrency`` records. A retryable answer
+        puts its record on a schedule (a heap by due time) instead of sleeping in a sending thread;
+        the loop waits for completions until the next retry is due. A ``hold`` (the server cannot be
+        reached, or answered 429) sends nothing before its time, so a server that is down is found
+        out by the retries of a few records, not by one attempt of each, and a rate limit is
+        honoured by every request. A :class:`ConnectError` stops the stream once the group that
+        completed with it was yielded.
+        """
+        if not changes:
+            return
         sender = self.owner.sender  # made here, before the pool threads share it
-        if len(changes) == 1:
-            return [self.send(changes[0], sender, abort)]
-        futures = [self.owner.pool.submit(self.send, change, sender, abort) for change in changes]
-        wait(futures)
-        errors = [exc for f in futures if (exc := f.exception()) is not None]
-        if errors:
-            # Report the request that found the problem, not those it stopped.
-            raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])
-        return [f.result() for f in futures]
+        executor = self.owner.pool
+        window = self.concurrency
+        abort = threading.Event()
+        pending: dict[Future[Outcome | Retry], tuple[int, int]] = {}  # future -> (index, attempt)
+        retries: list[tuple[float, int, int]] = []  # heap of (due, index, attempt)
+        fresh, total = 0, len(changes)
+        hold_until = 0.0
+        try:
+            while True:
+                now = clock.monotonic()
+                while len(pending) < window and hold_until <= now:
+                    if retries and retries[0][0] <= now:
+                        _, index, attempt = heapq.heappop(retries)
+                    elif fresh < total:
+                        index, attempt, fresh = fresh, 0, fresh + 1
+                    else:
+                        break
+                    future = executor.submit(self.attempt, changes[index], sender, attempt, abort)
+                    pending[future] = (index, attempt)
+                if not pending and not retries and fresh >= total:
+                    return
+                if len(pending) >= window:
+                    timeout = None  # nothing can start before a request completes
+                else:
+                    # The next send: a fresh record now, else the earliest retry; neither during a hold.
+                    due = now if fresh < total else (retries[0][0] if retries else math.inf)
+                    due = max(due, hold_until)
+                    timeout = None if due == math.inf else max(0.0, due - now)
+                if not pending:
+                    clock.sleep(timeout or 0.0)  # only retries are left, none due: nothing else to do
+                    continue
+                finished, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                group: list[tuple[int, Outcome]] = []
+                failures: list[BaseException] = []
+                for future in finished:
+                    index, attempt = pending.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # noqa: BLE001 - raised below, after the good outcomes
+                        failures.append(exc)
+                        continue
+                    if isinstance(result, Retry):
+                        heapq.heappush(retries, (result.at, index, attempt + 1))
+                        if result.hold:
+                            hold_until = max(hold_until, result.at)
+                    else:
+                        group.append((index, result))
+                if failures:
+                    abort.set()  # requests already queued give up instead of hitting the server again
+                if group:
+                    group.sort()
+                    yield group
+                if failures:
+                    # Report the request that found the problem, not those it stopped.
+                    raise next((e for e in failures if not isinstance(e, Aborted)), failures[0])
+        finally:
+            # On a failure, or when the engine stops listening: nothing new starts, and the requests in
+            # flight finish before the stream returns (their outcomes are not reported, so a rerun resends them).
+            abort.set()
+            for future in pending:
+                future.cancel()
+            wait(pending)
 
     def finish(self) -> None:
         """Nothing is buffered."""
 
     # --- one change -----------------------------------------------------------------------------
 
-    def send(self, change: Change, sender: Sender, abort: threading.Event) -> Outcome:
-        """Send one change and read the endpoint's answer."""
-        method, url, body, headers = self.request(change)
-        answer = sender.send(method, url, body=body, headers=headers, abort=abort)
+    def attempt(self, change: Change, sender: Sender, attempt: int, abort: threading.Event) -> Outcome | Retry:
+        """Send one change once (in a pool thread): its outcome, or when to retry it."""
+        try:
+            method, url, body, headers = self.request(change)
+        except _KeyFailed as exc:
+            return Outcome(False, error=str(exc))
+        answer = sender.attempt(method, url, body=body, headers=headers, attempt=attempt, abort=abort)
+        if isinstance(answer, Retry):
+            return answer
         return self.outcome(change, answer)
 
     def request(self, change: Change) -> tuple[str, str, bytes | None, dict[str, str]]:
@@ -157,27 +275,48 @@ class HttpPostStream:
                 fields.append((self.action_field, change.action))
             values = change.values if change.action != DELETE else self.key_values(change)
             fields.extend((name, _form_value(value)) for name, value in (values or {}).items())
-            return self.method, self.url, urlencode(fields).encode("ascii"), self.headers
+            return self.method, self.url, urlencode(fields).encode("ascii"), self.with_key(change, self.headers)
         ident = quote(change.remote_id or change.key, safe="")
         if change.action == DELETE:
-            return self.delete_method, f"{self.base}/{ident}", None, self.bare_headers
+            return self.delete_method, f"{self.base}/{ident}", None, self.with_key(change, self.bare_headers)
         payload = dict(change.values or {})
         if self.table_field:
             payload[self.table_field] = self.table
         if self.action_field:
             payload[self.action_field] = change.action
         body = json.dumps(payload, default=_json_default, ensure_ascii=False).encode("utf-8")
+        headers = self.with_key(change, self.headers)
         if change.action == UPDATE and self.update_method:
-            return self.update_method, f"{self.base}/{ident}", body, self.headers
-        return self.method, self.url, body, self.headers
+            return self.update_method, f"{self.base}/{ident}", body, headers
+        return self.method, self.url, body, headers
+
+    def with_key(self, change: Change, headers: dict[str, str]) -> dict[str, str]:
+        """``headers`` plus the change's idempotency header, when one is configured."""
+        if self.key_template is None or self.idempotency_header is None:
+            return headers
+        return {**headers, self.idempotency_header: self.idempotency_key(change)}
+
+    def idempotency_key(self, change: Change) -> str:
+        """The rendered ``idempotency_key`` of a change: the same for the same change, sent again or rerun."""
+        assert self.key_template is not None
+        text = json.dumps([change.action, change.values], default=_json_default, ensure_ascii=False,
+                          separators=(",", ":"))
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        try:
+            value = self.key_template.render(self.key_context, key=change.key, hash=digest,
+                                             action=change.action).strip()
+        except Exception as exc:  # noqa: BLE001 - a template error is this record's failure
+            raise _KeyFailed(f"idempotency_key: {getattr(exc, 'message', None) or exc}") from exc
+        if not value:
+            raise _KeyFailed("idempotency_key rendered empty")
+        # A header value is ASCII without control characters; a key with others is percent-encoded.
+        return value if value.isascii() and value.isprintable() and " " not in value else quote(value, _HEADER_SAFE)
 
     def key_values(self, change: Change) -> dict[str, Any]:
-        """The key fields of a delete, from the state key."""
+        """The key fields of a delete (a key made by a template goes in the ``key_field`` field)."""
         if not self.key_fields:
             return {self.key_field: change.key}
-        if len(self.key_fields) == 1:
-            return {self.key_fields[0]: change.key}
-        return dict(zip(self.key_fields, json.loads(change.key), strict=True))
+        return change.key_values
 
     def outcome(self, change: Change, answer: Attempted) -> Outcome:
         """The endpoint's answer as an :class:`Outcome`."""

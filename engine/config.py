@@ -10,8 +10,11 @@ located as ``file:line:col: yaml.path: message``. Nothing is opened or run here.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +38,50 @@ DEFAULT_STATE = ".syncengine/state.db"
 CONFIG_NAMES = ("vars", "env")
 
 
+SECRET_KEY_NAME = re.compile(r"authorization|token|secret|passw|api[-_]?key|cookie|credential", re.IGNORECASE)
+
+
+def config_templates(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """(path, text) of every templated string in a config block, at any depth."""
+    if isinstance(value, str):
+        if is_template(value):
+            yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from config_templates(item, (*path, key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from config_templates(item, (*path, i))
+
+
+def is_secret_path(path: tuple[str | int, ...], secrets: Sequence[str]) -> bool:
+    """Whether a config value holds a secret: a secret field, or an entry (a header) named like one."""
+    return bool(path) and (path[0] in secrets or any(
+        isinstance(part, str) and SECRET_KEY_NAME.search(part) for part in path[1:]))
+
+
+def _shipped(folder: str) -> Traversable:
+    """A folder shipped with the package (``schemas``, ``mappings``).
+
+    Installed, it is the subpackage ``engine.<folder>``; imported straight from a source checkout
+    (the repository on ``sys.path``, whatever is installed), it is the top-level folder beside ``engine/``.
+    """
+    try:
+        return resources.files(f"engine.{folder}")
+    except ModuleNotFoundError:
+        return resources.files("engine").joinpath("..", folder)
+
+
 def load_schema(name: str) -> dict[str, Any]:
     """A JSON Schema shipped in ``schemas/``."""
-    text = resources.files("engine.schemas").joinpath(name).read_text(encoding="utf-8")
+    text = _shipped("schemas").joinpath(name).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
 
 def shipped_mappings() -> Path:
     """The folder of mapping files shipped with the package."""
-    return Path(str(resources.files("engine.mappings")))
+    return Path(str(_shipped("mappings")))
 
 
 @dataclass(frozen=True)
@@ -56,6 +93,8 @@ class Endpoint:
     spec: AdapterSpec
     config: Any
     location: str
+    locations: Mapping[tuple[str | int, ...], str] = field(default_factory=dict)
+    """``file:line:col`` of each templated value in the block, by its path below the block."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +118,8 @@ class SyncSpec:
     location: str
     delete_when: tuple[str, str] | None = None
     memo_fields: tuple[str, ...] = ()
+    max_error_share: float = 0.5
+    max_errors: int | None = None
 
     @property
     def deletes_missing(self) -> bool:
@@ -156,17 +197,20 @@ class _Checker:
                 self.problems.append(self.located.problem(
                     (*path, key), "a secret must not be written in the pipeline; use "
                     "\"{{ env.NAME }}\" or \"{{ secret_file('path') }}\""))
-            elif isinstance(value, str):
+        locations: dict[tuple[str | int, ...], str] = {}
+        for rel, value in config_templates({k: v for k, v in block.items() if k != "type"}):
+            # Every template at any depth (a header's bearer token too) is checked where it stands.
+            self.template(value, (*path, *rel), CONFIG_NAMES)
+            line, col = self.located.where((*path, *rel))
+            locations[rel] = f"{self.located.file}:{line}:{col}"
+            if is_secret_path(rel, spec.secrets):
                 ast, _ = check_template(self.env, value, names=CONFIG_NAMES, variables=self.vars)
                 if ast is not None:
                     self.secret_env.update(env_names(ast))
-        for key, value in block.items():
-            if isinstance(value, str) and is_template(value):
-                self.template(value, (*path, key), CONFIG_NAMES)
         if len(self.problems) > before:
             return None
         config: Any = build(spec.config_type, {k: v for k, v in block.items() if k != "type"})
-        return Endpoint(name, spec.role, spec, config, self.at(path))
+        return Endpoint(name, spec.role, spec, config, self.at(path), locations)
 
     # --- syncs --------------------------------------------------------------------------------
 
@@ -195,7 +239,9 @@ class _Checker:
                                             self.located, opt_path))
         for key, option in options.items():
             if isinstance(option, str) and is_template(option):
-                self.template(option, (*path, key), ("vars", "env", "run"))
+                # An option rendered per record (an adapter's TEMPLATE_NAMES) may use the names it provides.
+                extra = getattr(endpoint.spec.options_type, "TEMPLATE_NAMES", {}).get(key, ())
+                self.template(option, (*path, key), ("vars", "env", "run", *extra))
         if len(self.problems) > before:
             return None
         return name, build(endpoint.spec.options_type, options)
@@ -261,7 +307,10 @@ class _Checker:
                 else:
                     ok = False
         if not fields:
-            self.problems.append(self.located.problem((*sync_path, "mapping"), "the mapping has no fields"))
+            # A misspelt key ('feilds') is already reported with its did-you-mean; "no fields" would only hide it.
+            where = format_path((*sync_path, "mapping"))
+            if not any(p.path == where or p.path.startswith(f"{where}.") for p in self.problems):
+                self.problems.append(self.located.problem((*sync_path, "mapping"), "the mapping has no fields"))
             return None, None, None, False
         leaves: list[FieldTemplate] = []
         for name, (value, path, loc) in fields.items():
@@ -351,12 +400,31 @@ class _Checker:
             fields=tuple(fields) if fields is not None else None, filter_template=filter_template,
             batch_size=int(block.get("batch_size", 5000)),
             max_delete_share=float(block.get("max_delete_share", 0.5)),
+            max_error_share=float(block.get("max_error_share", 0.5)),
+            max_errors=block.get("max_errors"),
             enabled=bool(block.get("enabled", True)), location=self.at(path),
             delete_when=delete_when, memo_fields=memo_fields)
 
 
-def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: str | None = None) -> Pipeline:
-    """Validate a pipeline file and return it typed; raise :class:`PipelineInvalid` with every problem."""
+def _discovered_field_problems(file: Path, located: Located, data: dict[str, Any],
+                               sources: dict[str, Endpoint], syncs: dict[str, SyncSpec]) -> list[Problem]:
+    """Source fields the mappings read that ``syncengine discover`` did not find (nothing without its cache)."""
+    from engine.discovery import record_field_problems  # late: discovery builds on this module's types
+
+    base_dir = file.resolve().parent
+    state = data.get("state")
+    state_path = state.get("path") if isinstance(state, dict) else None
+    name = data["name"] if isinstance(data.get("name"), str) and data["name"] else file.stem
+    return record_field_problems(name, located, base_dir, base_dir / (
+        state_path if isinstance(state_path, str) else DEFAULT_STATE), sources, syncs)
+
+
+def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> Pipeline:
+    """Validate a pipeline file and return it typed; raise :class:`PipelineInvalid` with every problem.
+
+    ``overrides`` set or replace ``vars`` entries (``--var``) before any template is checked.
+    """
     file = Path(path)
     if not file.is_file():
         raise PipelineInvalid([Problem(display or str(path), 1, 1, "", "no such pipeline file")])
@@ -368,7 +436,7 @@ def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: s
         raise PipelineInvalid([located.problem((), "a pipeline must be a mapping of keys to values")])
     checker.problems.extend(validate_block(load_schema("pipeline.schema.json"), data, located))
     declared_vars = data.get("vars")
-    checker.vars = declared_vars if isinstance(declared_vars, dict) else {}
+    checker.vars = {**(declared_vars if isinstance(declared_vars, dict) else {}), **(overrides or {})}
 
     def section(name: str) -> dict[str, Any]:
         value = data.get(name)
@@ -379,6 +447,7 @@ def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: s
                     if (e := checker.endpoint("destination", n, b))}
     syncs = {n: s for n, b in section("syncs").items()
              if (s := checker.sync(n, b, sources, destinations, section("sources"), section("destinations")))}
+    checker.problems.extend(_discovered_field_problems(file, located, data, sources, syncs))
     if checker.problems:
         raise PipelineInvalid(checker.problems)
     state = data.get("state") or {}

@@ -7,7 +7,8 @@
     ├── TransientError              a retry may succeed (network, 5xx, 429, locked database)
     └── RunFailed                   the run stops; state keeps only what was acknowledged (exit 3)
         ├── ConnectError            a source or destination could not be reached or refused us
-        └── DeleteGuardTripped      a snapshot would delete more than the allowed share
+        ├── DeleteGuardTripped      a snapshot would delete more than the allowed share
+        └── ErrorBudgetExceeded     more records failed than the sync's error budget allows
 
 Adapters translate third-party exceptions into these once, at their boundary, with
 ``raise ... from exc``; nothing downstream matches exception strings.
@@ -111,3 +112,7 @@ class ConnectError(RunFailed):
 
 class DeleteGuardTripped(RunFailed):
     """A snapshot run would delete more than the configured share of known records."""
+
+
+class ErrorBudgetExceeded(RunFailed):
+    """Too many records of one sync failed (``max_error_share`` / ``max_errors``): the sync stops."""

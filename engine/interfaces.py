@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 CREATE = "create"
 UPDATE = "update"
@@ -52,16 +52,25 @@ class StreamContext:
     run: RunInfo
     log: logging.Logger
     vars: Mapping[str, Any] = field(default_factory=dict)
+    warn: Callable[[str], None] = field(default=lambda message: None)
+    """Tell the user something is off without failing the sync (a glob that matched no file)."""
 
 
 @dataclass(slots=True)
 class Change:
-    """One change for a destination: ``values`` is the mapped record (``None`` for a delete)."""
+    """One change for a destination.
+
+    ``values`` is the mapped record (``None`` for a delete); ``key`` is the state's key text (opaque:
+    never decode it); ``key_values`` are the key's fields and their values (``{"id": "42"}``, or the
+    parts of a composite key), which is what a destination addresses a record by, also for a delete;
+    ``remote_id`` is the destination's own id for the record, when it gave one.
+    """
 
     action: str
     key: str
     values: dict[str, Any] | None
     remote_id: str | None = None
+    key_values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,25 +86,46 @@ class Outcome:
 OK = Outcome(True)
 
 
+@runtime_checkable
+class Acknowledging(Protocol):
+    """A source stream that must be told what was delivered (an optional capability).
+
+    ``acknowledge`` is called with the records whose outcome is durable in the state store
+    (written, unchanged, or filtered out), never with failed ones: an export to mark as exported,
+    a file to archive once all of its records are in.
+    """
+
+    def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+@runtime_checkable
+class WholeRead(Protocol):
+    """A source stream that says whether its read delivered the source's entire set (an optional capability).
+
+    ``whole`` is read after ``read`` is exhausted: true for a whole snapshot or a whole window,
+    which is when missing keys may mean deletes. A stream without it is whole when it was read
+    without a cursor. A source that ignores the cursor (a local file) says ``whole = True``.
+    """
+
+    @property
+    def whole(self) -> bool: ...
+
+
 class SourceStream(Protocol):
     """One sync's view of a pull source.
 
-    ``read`` yields plain ``dict`` records. With a ``cursor`` (the value ``finish`` returned after
+    ``read`` yields plain ``dict`` records (or a :class:`~engine.errors.RecordError` for a row it
+    could not read, which is dead-lettered). With a ``cursor`` (the value ``finish`` returned after
     the last good run, or ``--since``), it yields only records changed at or after it; a source
-    without a notion of change ignores it. ``acknowledge`` is called with the records whose outcome
-    is durable in the state store (written, unchanged, or filtered out), never with failed ones.
-    ``finish`` is called once after every record was acknowledged and returns the cursor the next
-    run starts from (``None`` when the source has none); it is not called on a failed run or a plan.
+    without a notion of change ignores it. ``finish`` is called once after every record was
+    acknowledged and returns the cursor the next run starts from (``None`` when the source has
+    none); it is not called on a failed run or a plan.
 
-    A stream may set ``whole`` (read after ``read`` is exhausted): whether this run delivered the
-    source's entire set (a whole snapshot or a whole window), which is when missing keys may mean
-    deletes. Without the attribute, a read without a cursor is whole and a read from a cursor is not.
-    A source that ignores the cursor (a local file) sets ``whole = True``.
+    Optional capabilities, declared by implementing them: :class:`Acknowledging` (told what was
+    delivered) and :class:`WholeRead` (says whether the read was the whole set).
     """
 
     def read(self, cursor: str | None) -> Iterator[dict[str, Any]]: ...
-
-    def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None: ...
 
     def finish(self) -> str | None: ...
 
@@ -117,6 +147,53 @@ class DestinationStream(Protocol):
     def write(self, changes: Sequence[Change]) -> Sequence[Outcome] | None: ...
 
     def finish(self) -> None: ...
+
+
+@runtime_checkable
+class StreamingDestinationStream(DestinationStream, Protocol):
+    """A per-record destination that reports each outcome as it completes (an optional capability).
+
+    ``write_each`` sends the changes and yields, as they complete, groups of ``(index, outcome)``
+    pairs (``index`` into ``changes``); every index appears exactly once over the whole iteration.
+    Each group holds what completed since the previous one, so the engine commits one group per
+    state transaction: a crash then resends at most the records in flight. Retries happen inside
+    (a retried record is rescheduled, not slept on); raising :class:`~engine.errors.RunFailed`
+    stops the run, and every outcome yielded before it stays valid.
+    """
+
+    def write_each(self, changes: Sequence[Change]) -> Iterator[list[tuple[int, Outcome]]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredField:
+    """One field a discoverable adapter reports: its name, type as the system says it, and whether it is required."""
+
+    name: str
+    type: str | None = None
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredStream:
+    """One stream (table, entity, file kind) a discoverable adapter reports, with its fields and key."""
+
+    name: str
+    fields: tuple[DiscoveredField, ...]
+    key: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Discoverable(Protocol):
+    """An adapter that can describe its data (an optional capability, used by ``syncengine discover``).
+
+    ``discover`` lists the streams the system holds; ``stream_for`` names the one a sync's options
+    select (``None`` when the options do not name one), so ``validate`` can check the source fields a
+    mapping reads, or the output fields a destination accepts, against the discovered ones.
+    """
+
+    def discover(self) -> list[DiscoveredStream]: ...
+
+    def stream_for(self, options: Any) -> str | None: ...
 
 
 class Source(Protocol):

@@ -27,163 +27,66 @@ state transaction (no mapped record hashes to sixteen zero bytes).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import signal
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 from engine.config import Pipeline, SyncSpec
-from engine.errors import EXIT_FAILED, EXIT_OK, ConfigError, RecordError, SyncEngineError, TransientError
+from engine.errors import EXIT_FAILED, EXIT_OK, ConfigError, SyncEngineError
 from engine.interfaces import (
-    ACTIONS,
-    CREATE,
-    DELETE,
-    OK,
-    UPDATE,
-    Change,
     Delivery,
-    Outcome,
     PushEvent,
     PushSource,
     RunInfo,
 )
 from engine.mapping import CompiledMapping, IdentityMapping
-from engine.runner import Engine, record_hash
-from engine.state_store import TOMBSTONE
+from engine.runner import Engine, RunOptions, SyncReport
+from engine.sync_loop import SyncLoop
+from engine.sync_state import SyncState
 from engine.templating import EnvView
 
 log = logging.getLogger("syncengine").getChild("serve")
 
 WRITE_RETRY_DELAYS = (0.2, 0.5, 1.0)
 """A pushed record is retried briefly: the sender is waiting, and it retries a 5xx itself."""
-PAST = {CREATE: "created", UPDATE: "updated", DELETE: "deleted"}
 
 
 class PushSync:
-    """One sync fed by a receiver: each event is mapped, compared with the state and written."""
+    """One sync fed by a receiver: each event goes through the engine's one loop as a batch of one."""
 
     def __init__(self, engine: Engine, sync: SyncSpec, run: RunInfo) -> None:
         self.engine = engine
         self.sync = sync
-        self.store = engine.store
-        self.stream_id = self.store.stream_id(engine.pipeline.name, sync.name)
-        self.run_row = self.store.begin_run(self.stream_id, engine.run_id, "serve",
-                                            engine.started_at.isoformat(timespec="seconds"))
-        self.counts = dict.fromkeys(("read", "creates", "updates", "deletes", "unchanged", "filtered", "skipped",
-                                     "errors"), 0)
         self.started = time.perf_counter()
+        self.report = SyncReport(sync.name)
+        self.state = SyncState(engine.store, engine.pipeline.name, sync.name, mode=sync.mode,
+                               key_fields=sync.key_fields, memo_fields=sync.memo_fields)
+        for note in self.state.begin("serve", engine.run_id, engine.started_at.isoformat(timespec="seconds")):
+            log.warning("%s: %s", sync.name, note)
         self.mapping = engine.mapping(sync, run)
         self.key_mapping = _key_mapping(engine, sync, run, self.mapping)
         ctx = engine.stream_context(sync, self.mapping, run)
         destination = engine.adapter(engine.pipeline.destinations[sync.destination])
         self.writer = destination.open_stream(sync.destination_options, ctx)
-        self.dead_keys = self.store.dead_keys(self.stream_id)
+        # A pushed record is retried briefly: the sender is waiting, and it retries a 5xx itself.
+        options = RunOptions(retry_delays=WRITE_RETRY_DELAYS)
+        self.loop = SyncLoop(engine, sync, self.state, self.report, self.writer, options, max_retry_wait=2.0)
+        self.loop.budgeted = False
 
-    # --- one event ----------------------------------------------------------------------------------
+    @property
+    def counts(self) -> dict[str, int]:
+        """What this sync's receiver has done since it started."""
+        return self.report.counts
 
     def deliver(self, event: PushEvent) -> Delivery:
         """Apply one pushed record; the answer is sent only after this returns."""
-        action = event.action or UPDATE
-        if action not in ACTIONS:
-            return Delivery(400, f"unknown action '{action}'; expected one of: {', '.join(ACTIONS)}")
-        self.counts["read"] += 1  # committed with the delivery's own outcome
-        if action == DELETE:
-            return self._delete(event.record)
-        try:
-            mapped = self.mapping.map(event.record)
-        except RecordError as exc:
-            return self._reject(exc, action, event.record, None, 422)
-        if mapped is None:
-            return self._skip("filtered", "filtered out by the mapping's filter")
-        key, values = mapped.key, mapped.values
-        digest = record_hash(values)
-        known = self._lookup(key)
-        if known is not None and known[0] == TOMBSTONE:
-            if action == UPDATE:
-                return self._skip("skipped", f"ignored: '{key}' was deleted; a late update does not bring it back")
-            known = None
-        if known is not None and known[0] == digest:
-            return self._skip("unchanged", f"'{key}' is unchanged")
-        if known is not None and self.sync.mode == "insert":
-            return self._skip("skipped", f"'{key}' exists and the sync only inserts")
-        change = Change(UPDATE if known else CREATE, key, values, known[1] if known else None)
-        return self._write(change, digest, event.record)
-
-    def _delete(self, record: dict[str, Any]) -> Delivery:
-        try:
-            mapped = self.key_mapping.map(record)
-        except RecordError as exc:
-            return self._reject(exc, DELETE, record, None, 422)
-        if mapped is None:
-            return self._skip("filtered", "filtered out by the mapping's filter")
-        key = mapped.key
-        if self.sync.mode != "mirror":
-            return self._skip("skipped", f"delete of '{key}' ignored: deletes apply only in mode: mirror")
-        known = self._lookup(key)
-        if known is not None and known[0] == TOMBSTONE:
-            return self._skip("unchanged", f"'{key}' is already deleted")
-        return self._write(Change(DELETE, key, None, known[1] if known else None), TOMBSTONE, record)
-
-    def _lookup(self, key: str) -> tuple[bytes, str | None] | None:
-        return self.store.lookup(self.stream_id, key)
-
-    def _write(self, change: Change, digest: bytes, record: dict[str, Any]) -> Delivery:
-        try:
-            outcome = self._send(change)
-        except RecordError as exc:
-            return self._reject(exc, change.action, record, change.values, 422)
-        except SyncEngineError as exc:
-            error = RecordError(f"the destination failed: {exc}", key=change.key)
-            return self._reject(error, change.action, record, change.values, 502)
-        if not outcome.ok:
-            error = RecordError(outcome.error or "rejected by the destination", key=change.key, field=outcome.field)
-            return self._reject(error, change.action, record, change.values, 422)
-        resolved = [change.key] if change.key in self.dead_keys else []
-        self._commit(_counter(change.action), upserts=[(change.key, digest, outcome.remote_id, None)],
-                     resolved=resolved)
-        self.dead_keys.difference_update(resolved)
-        return Delivery(200, f"{PAST[change.action]} '{change.key}'")
-
-    def _commit(self, counter: str, **changes: Any) -> None:
-        """Count one delivery and commit it with its state changes; counts move only if the commit did."""
-        counts = {**self.counts, counter: self.counts[counter] + 1}
-        self.store.commit_batch(self.stream_id, self.run_row, counts, **changes)
-        self.counts = counts
-
-    def _send(self, change: Change) -> Outcome:
-        for attempt in range(len(WRITE_RETRY_DELAYS) + 1):
-            try:
-                outcomes = self.writer.write([change])
-            except TransientError as exc:
-                if attempt >= len(WRITE_RETRY_DELAYS):
-                    raise
-                time.sleep(min(max(WRITE_RETRY_DELAYS[attempt], exc.retry_after or 0.0), 2.0))
-                continue
-            return OK if outcomes is None else outcomes[0]
-        raise AssertionError("unreachable")
-
-    def _skip(self, counter: str, message: str) -> Delivery:
-        self._commit(counter)
-        return Delivery(200, message)
-
-    def _reject(self, error: RecordError, action: str | None, record: dict[str, Any],
-                payload: dict[str, Any] | None, status: int) -> Delivery:
-        """Dead-letter the record (state unchanged otherwise) and tell the sender why; secrets are masked."""
-        redact = self.engine.redactor
-        key = error.key or "(no key) " + hashlib.blake2b(repr(record).encode(), digest_size=6).hexdigest()
-        message = redact.text(error.describe())
-        row = (key, action, json.dumps(redact.data(record), default=str),
-               json.dumps(redact.data(payload), default=str) if payload is not None else None,
-               message, error.field, error.location)
-        self._commit("errors", dead=[row])
-        self.dead_keys.add(key)
-        log.warning("%s: %s", self.sync.name, message)
-        return Delivery(status, message)
+        delivery = self.loop.push(event, self.mapping, self.key_mapping)
+        if delivery.status >= 400:
+            log.warning("%s: %s", self.sync.name, delivery.message)
+        return delivery
 
     def finish(self, status: str, message: str | None) -> None:
         """Close the sync's run row (and let the destination finish)."""
@@ -191,12 +94,10 @@ class PushSync:
             self.writer.finish()
         except SyncEngineError as exc:
             status, message = "failed", self.engine.redactor.text(str(exc))
-        self.store.finish_run(self.stream_id, self.run_row, self.counts, status=status, message=message,
-                              seconds=time.perf_counter() - self.started)
-
-
-def _counter(action: str) -> str:
-    return {CREATE: "creates", UPDATE: "updates", DELETE: "deletes"}[action]
+        if status == "ok" and self.counts["errors"]:
+            status = "partial"
+        self.state.finish(self.counts, status=status, message=message, seconds=time.perf_counter() - self.started,
+                          cursor=None, advance_cursor=False)
 
 
 def _key_mapping(engine: Engine, sync: SyncSpec, run: RunInfo,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
+from engine.errors import ConfigError
 from engine.typed_config import schema_of, secret_fields
 
 Role = Literal["source", "destination", "receiver"]
@@ -67,7 +68,7 @@ class Registry:
         """Decorator: ``factory(config, adapter_context)`` builds the adapter for one pipeline block."""
 
         def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
-            doc = summary or (factory.__doc__ or "").strip().splitlines()[0]
+            doc = summary or next(iter((factory.__doc__ or "").strip().splitlines()), "")
             spec = AdapterSpec(name, role, doc, factory, config, options, factory.__module__)
             existing = self.adapters[role].get(name)
             if existing is not None and existing.module != spec.module:
@@ -109,9 +110,14 @@ class Registry:
             return
         self._loaded_entry_points = True
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            loaded = ep.load()
-            if callable(loaded):
-                loaded(self)
+            try:
+                loaded = ep.load()
+                if callable(loaded):
+                    loaded(self)
+            except Exception as exc:
+                # A broken plugin is named, not a traceback (and not silently skipped).
+                raise ConfigError(f"the adapter plugin '{ep.name}' ({ep.value}) failed to load: "
+                                  f"{type(exc).__name__}: {exc}") from exc
 
 
 REGISTRY = Registry()

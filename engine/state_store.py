@@ -15,6 +15,8 @@ snapshot's deletes are computed at the end.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -60,7 +62,8 @@ CREATE TABLE IF NOT EXISTS runs (
     skipped INTEGER NOT NULL DEFAULT 0,
     errors INTEGER NOT NULL DEFAULT 0,
     message TEXT,
-    seconds REAL
+    seconds REAL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_stream ON runs (stream_id, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -80,6 +83,40 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 COUNTERS = ("read", "creates", "updates", "deletes", "unchanged", "filtered", "skipped", "errors")
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When a process started (clock ticks since boot, from /proc), to tell it from a later one with its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def process_owner() -> str:
+    """Who runs a sync: ``host:pid:start``; stored with each run so a dead owner can be recognised."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or ''}"
+
+
+def owner_gone(owner: str | None) -> bool:
+    """Whether the process that owned a run has ended (only decidable for a process on this host)."""
+    if not owner:
+        return True  # a run recorded before owners were: nothing can still be running it
+    host, _, rest = owner.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    now = _start_ticks(pid)
+    return bool(start and now and now != start)  # the pid was reused by a later process
 
 
 def utc_now() -> str:
@@ -103,12 +140,27 @@ class DeadLetter:
     last_failed_at: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Known:
-    """What the state knows of a key the current batch changed."""
+    """What the state knows of a key the current batch changed: known at all, its remote id, a tombstone."""
 
     known: bool
     remote_id: str | None
+    tombstone: bool = False
+
+
+def _interrupted_message(owner: str | None) -> str:
+    pid = (owner or "").split(":")[1:2]
+    return (f"interrupted: the process (pid {pid[0]}) ended without closing the run" if pid and pid[0]
+            else "interrupted: the process ended without closing the run") + "; what it acknowledged was kept"
+
+
+def _honest(run: dict[str, Any]) -> dict[str, Any]:
+    """A run shown as it is: ``running`` only while its process lives."""
+    if run.get("status") == "running" and owner_gone(run.get("owner")):
+        run["status"] = "interrupted"
+        run["message"] = _interrupted_message(run.get("owner"))
+    return run
 
 
 class StateStore:
@@ -137,6 +189,9 @@ class StateStore:
             self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
+        if "owner" not in columns:  # state made by an earlier version
+            self.db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._temp_ready = False
 
@@ -200,11 +255,12 @@ class StateStore:
             db.execute("INSERT OR IGNORE INTO temp.seen (key) SELECT key FROM temp.cur")
             condition = "" if everything else "WHERE r.hash IS NULL OR r.hash <> c.hash"
             rows = db.execute(
-                "SELECT c.key, r.hash IS NOT NULL, r.remote_id FROM temp.cur c "
-                f"LEFT JOIN records r ON r.stream_id = ? AND r.key = c.key {condition}", (stream_id,)).fetchall()
+                "SELECT c.key, r.hash IS NOT NULL, r.remote_id, r.hash = ? FROM temp.cur c "
+                f"LEFT JOIN records r ON r.stream_id = ? AND r.key = c.key {condition}",
+                (TOMBSTONE, stream_id)).fetchall()
         finally:
             db.execute("COMMIT")
-        return {key: Known(bool(known), remote_id) for key, known, remote_id in rows}
+        return {key: Known(bool(known), remote_id, bool(dead)) for key, known, remote_id, dead in rows}
 
     def mark_seen(self, keys: Sequence[str]) -> None:
         """Count keys as present in this run (records that failed, so a snapshot does not delete them)."""
@@ -239,18 +295,47 @@ class StateStore:
         """Record the start of one sync's run (a plan records nothing)."""
         if self.read_only:
             return 0
-        cur = self.db.execute("INSERT INTO runs (run_id, stream_id, kind, started_at, status) VALUES (?, ?, ?, ?, "
-                              "'running')", (run_id, stream_id, kind, started_at))
+        cur = self.db.execute("INSERT INTO runs (run_id, stream_id, kind, started_at, status, owner) VALUES "
+                              "(?, ?, ?, ?, 'running', ?)", (run_id, stream_id, kind, started_at, process_owner()))
         return int(cur.lastrowid or 0)
+
+    def close_interrupted(self, stream_id: int) -> list[dict[str, Any]]:
+        """Mark the runs of a sync whose process ended without closing them as ``interrupted``; returns them."""
+        rows = self.db.execute("SELECT id, run_id, started_at, owner FROM runs WHERE stream_id = ? AND "
+                               "status = 'running'", (stream_id,)).fetchall()
+        gone = [row for row in rows if owner_gone(row[3])]
+        for row_id, _, _, owner in gone:
+            self.db.execute("UPDATE runs SET status = 'interrupted', message = ? WHERE id = ? AND status = 'running'",
+                            (_interrupted_message(owner), row_id))
+        return [{"run_id": run_id, "started_at": started} for _, run_id, started, _ in gone]
 
     def commit_batch(self, stream_id: int, run_row: int, counts: dict[str, int], *,
                      upserts: Sequence[tuple[str, bytes, str | None, str | None]] = (),
                      deletes: Sequence[str] = (),
                      dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]] = (),
-                     resolved: Sequence[str] = ()) -> None:
-        """Record an acknowledged batch, its dead letters and the run's progress in one transaction."""
+                     resolved: Sequence[str] = (), synced: bool = True) -> None:
+        """Record an acknowledged batch, its dead letters and the run's progress in one transaction.
+
+        ``synced=False`` commits without waiting for the disk (``synchronous = NORMAL``): the
+        transaction survives the process being killed, and the next synced commit makes it (and every
+        one before it) survive a power cut too. Per-record destinations use it for their group
+        commits, with a synced one every few hundred milliseconds.
+        """
         db = self.db
         now = utc_now()
+        if not synced:
+            db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._commit_batch(stream_id, run_row, counts, upserts, deletes, dead, resolved, now)
+        finally:
+            if not synced:
+                db.execute("PRAGMA synchronous = FULL")
+
+    def _commit_batch(self, stream_id: int, run_row: int, counts: dict[str, int],
+                      upserts: Sequence[tuple[str, bytes, str | None, str | None]], deletes: Sequence[str],
+                      dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]],
+                      resolved: Sequence[str], now: str) -> None:
+        db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             if upserts:
@@ -306,7 +391,7 @@ class StateStore:
             rows = self.db.execute(
                 "SELECT runs.*, streams.sync FROM runs JOIN streams ON streams.id = runs.stream_id "
                 "WHERE streams.pipeline = ? ORDER BY runs.id DESC LIMIT ?", (pipeline, limit)).fetchall()
-            return [dict(row) for row in rows]
+            return [_honest(dict(row)) for row in rows]
         finally:
             self.db.row_factory = None
 
@@ -316,7 +401,7 @@ class StateStore:
         try:
             row = self.db.execute("SELECT * FROM runs WHERE stream_id = ? ORDER BY id DESC LIMIT 1",
                                   (stream_id,)).fetchone()
-            return None if row is None else dict(row)
+            return None if row is None else _honest(dict(row))
         finally:
             self.db.row_factory = None
 
@@ -339,3 +424,40 @@ class StateStore:
     def drop_dead(self, stream_id: int, keys: Sequence[str]) -> None:
         """Forget dead letters whose record is gone from a snapshot source."""
         self.db.executemany("DELETE FROM dead_letters WHERE stream_id = ? AND key = ?", [(stream_id, k) for k in keys])
+
+    def discard_dead_letters(self, stream_id: int, keys: Sequence[str]) -> list[str]:
+        """Forget the named dead letters in one transaction; returns the keys that have none (then none goes)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            unknown = [k for k in dict.fromkeys(keys) if db.execute(
+                "SELECT 1 FROM dead_letters WHERE stream_id = ? AND key = ?", (stream_id, k)).fetchone() is None]
+            if not unknown:
+                db.executemany("DELETE FROM dead_letters WHERE stream_id = ? AND key = ?",
+                               [(stream_id, k) for k in dict.fromkeys(keys)])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return unknown
+
+    def reset_stream(self, stream_id: int, run_id: str) -> tuple[int, int, str | None]:
+        """Forget a sync's records, dead letters and cursor in one transaction, noted in its history as a
+        ``reset`` run (the history itself stays); returns the (records, dead letters, cursor) forgotten."""
+        db = self.db
+        now = utc_now()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self.cursor(stream_id)
+            records = db.execute("DELETE FROM records WHERE stream_id = ?", (stream_id,)).rowcount
+            dead = db.execute("DELETE FROM dead_letters WHERE stream_id = ?", (stream_id,)).rowcount
+            db.execute("UPDATE streams SET cursor = NULL WHERE id = ?", (stream_id,))
+            db.execute("INSERT INTO runs (run_id, stream_id, kind, started_at, finished_at, status, message, seconds, "
+                       "owner) VALUES (?, ?, 'reset', ?, ?, 'ok', ?, 0, ?)",
+                       (run_id, stream_id, now, now, f"state reset: forgot {records} record(s), {dead} dead "
+                        f"letter(s) and the cursor", process_owner()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return records, dead, cursor

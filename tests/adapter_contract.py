@@ -41,20 +41,20 @@ def check_destination(name: str, config: dict[str, Any], options: dict[str, Any]
     stream = destination.open_stream(build(spec.options_type, options), ctx)
     try:
         records = {f"k{i}": {"id": f"k{i}", "name": f"thing {i}", "qty": i} for i in range(5)}
-        creates = [Change(CREATE, key, values) for key, values in records.items()]
+        creates = [Change(CREATE, key, values, None, {"id": key}) for key, values in records.items()]
         ids = {c.key: o.remote_id for c, o in zip(creates, _outcomes(stream.write(creates), creates), strict=True)
                if o.ok}
         assert set(ids) == set(records), "every create succeeded"
         assert read_back() == records
 
         # The same batch again, as after a crash before the state commit: no duplicate, same content.
-        again = [Change(UPDATE, key, values, ids[key]) for key, values in records.items()]
+        again = [Change(UPDATE, key, values, ids[key], {"id": key}) for key, values in records.items()]
         assert all(o.ok for o in _outcomes(stream.write(again), again))
         assert read_back() == records
 
         changed = {**records["k1"], "name": "renamed", "qty": 10}
-        updates = [Change(UPDATE, "k1", changed, ids["k1"])]
-        deletes = [Change(DELETE, "k3", None, ids["k3"]), Change(DELETE, "k4", None, ids["k4"])]
+        updates = [Change(UPDATE, "k1", changed, ids["k1"], {"id": "k1"})]
+        deletes = [Change(DELETE, key, None, ids[key], {"id": key}) for key in ("k3", "k4")]
         batch = updates + deletes
         assert all(o.ok for o in _outcomes(stream.write(batch), batch))
         expected = {**records, "k1": changed}
@@ -62,7 +62,7 @@ def check_destination(name: str, config: dict[str, Any], options: dict[str, Any]
         assert read_back() == expected
 
         # Deleting what is already gone is done, not an error (a resent delete).
-        resent = [Change(DELETE, "k4", None, ids["k4"])]
+        resent = [Change(DELETE, "k4", None, ids["k4"], {"id": "k4"})]
         assert all(o.ok for o in _outcomes(stream.write(resent), resent))
         stream.finish()
         assert read_back() == expected

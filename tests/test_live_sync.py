@@ -173,7 +173,8 @@ def test_scripted_live_sync_ends_with_the_expected_tables(tmp_path: Path) -> Non
 
     history = syncengine("history", pipeline, "--state", state, "--json", env=ENV)
     runs = {row["sync"]: row for row in json.loads(history.out)}
-    assert runs["employees"]["kind"] == "serve" and runs["employees"]["status"] == "ok"
+    # One post was rejected (dead-lettered), so the served run closes as partial, as an apply would.
+    assert runs["employees"]["kind"] == "serve" and runs["employees"]["status"] == "partial"
     counts = {k: runs["employees"][k] for k in ("read", "creates", "updates", "deletes", "unchanged", "skipped",
                                                 "errors")}
     assert counts == {"read": 15, "creates": 6, "updates": 2, "deletes": 3, "unchanged": 2, "skipped": 1,

@@ -168,7 +168,7 @@ syncs:
     result = syncengine("apply", pipeline)
     assert result.code == 2
     assert result.text.splitlines() == [
-        f"error: {pipeline}:3: sources.files.path: environment variable 'SYNCENGINE_TEST_MISSING_INPUT' is not set"]
+        f"error: {pipeline}:3:28: sources.files.path: environment variable 'SYNCENGINE_TEST_MISSING_INPUT' is not set"]
     assert not (tmp_path / "out.db").exists() and not (tmp_path / ".syncengine").exists()
 
 

@@ -34,6 +34,8 @@ class CsvOptions:
     """Per-sync options of the CSV source."""
 
     files: str | None = option("Only the files whose name matches this glob.", None, examples=["loads_*.csv"])
+    require_files: bool = option("Fail the sync when no file matches (by default a run without files warns and "
+                                 "reads nothing).", False)
 
 
 def read_csv(lines: Iterator[str], config: CsvConfig, name: str) -> Iterator[dict[str, Any] | RecordError]:

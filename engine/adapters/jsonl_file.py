@@ -28,6 +28,8 @@ class JsonlOptions:
     """Per-sync options of the JSON Lines source."""
 
     files: str | None = option("Only the files whose name matches this glob.", None)
+    require_files: bool = option("Fail the sync when no file matches (by default a run without files warns and "
+                                 "reads nothing).", False)
 
 
 class JsonlStream(LocalFilesStream):

@@ -62,7 +62,13 @@ class LocalFilesSource:
 
     def open_stream(self, options: Any, ctx: StreamContext) -> LocalFilesStream:
         """Resolve the files now, so a missing file fails before anything is written."""
-        return self.stream_class(self.config, expand(self.base_dir, self.config.path, options.files))
+        files = expand(self.base_dir, self.config.path, options.files)
+        if not files:
+            message = f"no file matches '{options.files or self.config.path}'"
+            if getattr(options, "require_files", False):
+                raise RunFailed(message)
+            ctx.warn(message)
+        return self.stream_class(self.config, files)
 
     def close(self) -> None:
         """Nothing to close."""

@@ -56,6 +56,8 @@ class SftpSourceOptions:
         "every file on every run.", True)
     archive_directory: str | None = option("Move each file read into this remote directory once all of its "
                                            "records were acknowledged.", None, examples=["archive"])
+    require_files: bool = option("Fail the sync when no file matches (by default a run without files warns and "
+                                 "reads nothing).", False)
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,10 @@ class SftpSource:
         wanted = options.files.lower()
         files = [f for f in self.listing() if fnmatch.fnmatchcase(f.name.lower(), wanted)]
         if not files:
-            ctx.log.info("no file matches %s in %s", options.files, self.config.directory)
+            message = f"no file matches '{options.files}' in {self.config.directory}"
+            if options.require_files:
+                raise RunFailed(message)
+            ctx.warn(message)
         return SftpStream(self, options, files, ctx)
 
     def close(self) -> None:

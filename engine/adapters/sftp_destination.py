@@ -112,8 +112,7 @@ class SftpFileStream:
                 if not options.action_column:
                     raise RunFailed(f"sync {self.ctx.sync} deletes key {change.key}, which a CSV file can only "
                                     "carry in an action column; set action_column on its sftp destination")
-                values = dict(zip(keys, json.loads(change.key), strict=True)) if len(keys) > 1 else (
-                    {keys[0]: change.key} if keys else {})
+                values = change.key_values if keys else {}
             else:
                 values = change.values or {}
             row = [_text(values.get(c)) for c in self.columns]

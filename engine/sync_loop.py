@@ -1,0 +1,467 @@
+"""The one loop every record goes through: map, hash, ask the state what changed, write, commit.
+
+A pull sync feeds it the records a source stream reads, a batch at a time (:meth:`SyncLoop.run`);
+a receiver feeds it one pushed record at a time (:meth:`SyncLoop.push`) and answers its sender
+with what happened. Both take the same path through :meth:`SyncLoop.flush`:
+
+1. the state (:class:`~engine.sync_state.SyncState`) says which records are news;
+2. the destination writes them; a streaming destination reports outcomes as they complete;
+3. each acknowledged group is committed in one state transaction with the run's progress and the
+   dead letters, so a crash resends at most what was in flight;
+4. only then is the source told what was delivered.
+
+The loop also keeps the error budget, replays dead letters the read did not bring again, and
+infers deletes after a whole read. It holds no SQL (that is the state's) and no Jinja (that is the
+mapping's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from engine.config import SyncSpec
+from engine.errors import ErrorBudgetExceeded, RecordError, RunFailed, SyncEngineError, TransientError
+from engine.interfaces import (
+    ACTIONS,
+    CREATE,
+    DELETE,
+    OK,
+    UPDATE,
+    Acknowledging,
+    Change,
+    Delivery,
+    DestinationStream,
+    Outcome,
+    PushEvent,
+    RunInfo,
+    SourceStream,
+    StreamingDestinationStream,
+    WholeRead,
+)
+from engine.mapping import CompiledMapping, IdentityMapping, compile_native
+from engine.state_store import TOMBSTONE
+from engine.sync_state import COUNTER_OF, UNREADABLE, DeadRow, Pending, SyncState
+
+if TYPE_CHECKING:
+    from engine.runner import Engine, RunOptions, SyncReport
+
+log = logging.getLogger("syncengine")
+
+MAX_ERRORS_REPORTED = 20
+SYNCED_COMMIT_INTERVAL = 0.25
+"""Seconds between group commits that wait for the disk (the others survive a killed process, not a power cut)."""
+ERROR_BUDGET_SAMPLE = 100
+"""Records read before ``max_error_share`` is judged (a shorter read is judged at its end)."""
+PAST = {CREATE: "created", UPDATE: "updated", DELETE: "deleted"}
+
+Mapping_ = CompiledMapping | IdentityMapping
+Failed = list[tuple[RecordError, dict[str, Any] | None]]
+
+_NAME_KEYS: dict[tuple[str, ...], bytes] = {}
+
+
+def record_hash(values: Mapping[str, Any]) -> bytes:
+    """A 16-byte digest of a mapped record: its field names and order, and its typed values.
+
+    The names key the hash (computed once per set of names) so that only the values are turned
+    into text per record.
+    """
+    names = tuple(values)
+    key = _NAME_KEYS.get(names)
+    if key is None:
+        if len(_NAME_KEYS) > 4096:  # records without a mapping may vary their fields
+            _NAME_KEYS.clear()
+        key = _NAME_KEYS[names] = hashlib.blake2b(repr(names).encode("utf-8", "surrogatepass"),
+                                                  digest_size=16).digest()
+    text = repr(tuple(values.values())).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=16, person=key).digest()
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+class DeadLetterSource:
+    """Replays stored source records as a source (``syncengine retry``, and dead letters a read did not bring)."""
+
+    whole = False
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+
+    def read(self, cursor: str | None) -> Iterator[dict[str, Any]]:
+        """The stored source records."""
+        return iter(self.records)
+
+    def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Nothing to tell anyone."""
+
+    def finish(self) -> str | None:
+        """No cursor."""
+        return None
+
+
+class SyncLoop:
+    """One sync's records, from mapped to durable, for a pull run or a receiver."""
+
+    def __init__(self, engine: Engine, sync: SyncSpec, state: SyncState, report: SyncReport,
+                 writer: DestinationStream, options: RunOptions, *, max_retry_wait: float | None = None) -> None:
+        self.engine = engine
+        self.sync = sync
+        self.state = state
+        self.report = report
+        self.counts = report.counts
+        self.writer = writer
+        self.options = options
+        self.source: SourceStream | None = None
+        self.dry = options.dry_run
+        limit = writer.max_batch
+        self.size = min(sync.batch_size, limit) if limit else sync.batch_size
+        self.max_retry_wait = max_retry_wait
+        self.unkeyed_errors = 0
+        self.last_synced = time.monotonic()
+        self.budgeted = True
+        self.error_kinds: Counter[str] = Counter()
+        self.explain: dict[str, tuple[int, str]] | None = None
+        """Per key, the answer a receiver gives its sender (kept only on the push path)."""
+        self.last_dead: list[DeadRow] = []
+
+    # --- a pull run ----------------------------------------------------------------------------------
+
+    def run(self, source: SourceStream, mapping: Mapping_, cursor: str | None, *, replaying: bool) -> None:
+        """Read the source, map and write every batch, then replay leftovers and infer deletes."""
+        self.source = source
+        # Retrying dead letters that still fail is what a retry is for: no budget applies to it.
+        self.budgeted = not replaying
+        known_before = self.state.known_count()
+        batch: dict[str, Pending] = {}
+        passed: list[dict[str, Any]] = []
+        failed: Failed = []
+        counts = self.counts
+        map_record = mapping.map
+        size = self.size
+        progress = self.options.progress
+        read = 0
+        for record in source.read(cursor):
+            read += 1
+            if record.__class__ is not dict and isinstance(record, RecordError):
+                failed.append((record, None))
+                self.record_failed(record, read, len(failed))
+                continue
+            try:
+                mapped = map_record(record)
+            except RecordError as exc:
+                failed.append((exc, record))
+                self.record_failed(exc, read, len(failed))
+                if exc.key is not None:
+                    batch.pop(exc.key, None)  # a later failure of a key supersedes its earlier success
+                mapped = None
+            else:
+                if mapped is None:
+                    passed.append(record)
+                    counts["filtered"] += 1
+                else:
+                    batch[mapped.key] = (mapped.values, record_hash(mapped.values), record, None)
+            if len(batch) >= size or len(failed) >= size:
+                counts["read"] = read
+                self.check_budget(failed, final=False)
+                self.flush(batch, passed, failed)
+                batch, passed, failed = {}, [], []
+                if progress:
+                    progress(self.sync.name, read)
+        counts["read"] = read
+        self.check_budget(failed, final=True)
+        self.flush(batch, passed, failed)
+        if progress:
+            progress(self.sync.name, read)
+        self.check_budget([], final=True)  # the destination's rejections of the last batch count too
+        if replaying:
+            return
+        # Missing keys mean deletes (and gone dead letters) only when the source delivered its whole set.
+        whole = source.whole if isinstance(source, WholeRead) else cursor is None
+        self.replay_leftovers(mapping, whole)
+        if not self.sync.deletes_missing:
+            return
+        # A partial read (a cursor, no new file) says nothing about a missing key: no deletes, and no
+        # message either, since nothing went wrong (`--json` shows deletes_inferred: false).
+        self.report.deletes_inferred = whole
+        if whole:
+            self.delete_missing(known_before)
+
+    # --- a pushed record -----------------------------------------------------------------------------
+
+    def push(self, event: PushEvent, mapping: Mapping_, key_mapping: Mapping_) -> Delivery:
+        """One pushed record through the same path as a batch of one; the answer comes once it is durable."""
+        action = event.action or UPDATE
+        if action not in ACTIONS:
+            return Delivery(400, f"unknown action '{action}'; expected one of: {', '.join(ACTIONS)}")
+        self.counts["read"] += 1
+        self.explain = {}
+        self.last_dead = []
+        record = event.record
+        try:
+            mapped = (key_mapping if action == DELETE else mapping).map(record)
+        except RecordError as exc:
+            self.record_errors([(exc, record)], action=action)
+            return Delivery(422, self.last_dead[0][4])
+        if mapped is None:
+            self.flush({}, [record], [])
+            return Delivery(200, "filtered out by the mapping's filter")
+        digest = TOMBSTONE if action == DELETE else record_hash(mapped.values)
+        try:
+            self.flush({mapped.key: (mapped.values, digest, record, action)}, [], [])
+        except SyncEngineError as exc:
+            error = RecordError(f"the destination failed: {exc}", key=mapped.key)
+            self.record_errors([(error, record)], payload=None if action == DELETE else mapped.values,
+                               action=action)
+            return Delivery(502, self.last_dead[0][4])
+        return Delivery(*self.explain.get(mapped.key, (200, "done")))
+
+    # --- one batch ----------------------------------------------------------------------------------
+
+    def flush(self, batch: dict[str, Pending], passed: list[dict[str, Any]], failed: Failed) -> None:
+        """Detect changes in a batch, write them, and record each acknowledged group as it comes."""
+        if not batch and not failed and not passed:
+            return
+        # A failure superseded by a later success of the same key in this batch is no longer news.
+        failed = [(error, record) for error, record in failed if error.key is None or error.key not in batch]
+        counts = self.counts
+        state = self.state
+        decision = state.decide(batch, everything=self.options.full_refresh)
+        counts["unchanged"] += len(decision.unchanged)
+        counts["skipped"] += len(decision.skipped)
+        explain = self.explain
+        if explain is not None:
+            explain.update((k, (200, why)) for k, why in decision.unchanged.items())
+            explain.update((k, (200, why)) for k, why in decision.skipped.items())
+        changes = decision.changes
+        rejected: set[str] = set()
+        for group in self.deliver(changes):
+            # Each group is what the destination acknowledged since the last one: it is made durable
+            # now, so a crash resends at most what was still in flight.
+            delivered: list[tuple[Change, bytes, Outcome]] = []
+            dead: list[DeadRow] = []
+            for i, outcome in group:
+                change = changes[i]
+                entry = batch[change.key]
+                if outcome.ok:
+                    counts[COUNTER_OF[change.action]] += 1
+                    delivered.append((change, entry[1], outcome))
+                    if explain is not None:
+                        explain[change.key] = (200, f"{PAST[change.action]} '{change.key}'")
+                else:
+                    rejected.add(change.key)
+                    counts["errors"] += 1
+                    error = RecordError(outcome.error or "rejected by the destination", key=change.key,
+                                        field=outcome.field)
+                    self.count_kind(error)
+                    dead.append(self.dead_row(error, change.action, entry[2], change.values))
+                    if explain is not None:
+                        explain[change.key] = (422, dead[-1][4])
+            self.note_errors(dead)
+            now = time.monotonic()
+            synced = now - self.last_synced >= SYNCED_COMMIT_INTERVAL
+            state.commit(counts, delivered=delivered, dead=dead, synced=synced)
+            if synced:
+                self.last_synced = now
+        # A key with a dead letter that this batch brought and that did not fail again is settled
+        # (unchanged since a later success, or skipped by an insert-only sync).
+        settled = [k for k in batch if k not in rejected] if state.dead_keys else []
+        self.record_errors(failed, settled=settled)
+        if isinstance(self.source, Acknowledging) and not self.dry:
+            delivered_records = [entry[2] for key, entry in batch.items() if key not in rejected and entry[2]]
+            delivered_records.extend(passed)
+            if delivered_records:
+                self.source.acknowledge(delivered_records)
+
+    def record_errors(self, failed: Failed, *, settled: Sequence[str] = (), payload: dict[str, Any] | None = None,
+                      action: str | None = None) -> None:
+        """Dead-letter records that failed before the destination, and commit the batch's progress."""
+        dead = []
+        for error, record in failed:
+            self.counts["errors"] += 1
+            if error.key is None:
+                self.unkeyed_errors += 1
+            dead.append(self.dead_row(error, action if record is not None else UNREADABLE, record, payload))
+        self.note_errors(dead)
+        self.last_dead = dead
+        if dead:
+            # Failed keys (and the stand-in keys of records without one) were present in this run.
+            self.state.mark_seen([row[0] for row in dead])
+        self.state.commit(self.counts, dead=dead, settled=settled)
+
+    def deliver(self, changes: list[Change]) -> Iterator[list[tuple[int, Outcome]]]:
+        """Write changes; yields groups of (index, outcome) as the destination acknowledges them.
+
+        A streaming destination reports each group as it completes; any other one answers the
+        whole batch at once. A transient error retries (with backoff) what was not yet answered.
+        """
+        if not changes:
+            return
+        delays = self.options.retry_delays
+        pending = list(range(len(changes)))
+        streaming = isinstance(self.writer, StreamingDestinationStream)
+        answered: set[int] = set()
+        for attempt in range(len(delays) + 1):
+            todo = [changes[i] for i in pending]
+            try:
+                if streaming:
+                    answered = set()
+                    for group in cast(StreamingDestinationStream, self.writer).write_each(todo):
+                        answered.update(i for i, _ in group)
+                        yield [(pending[i], outcome) for i, outcome in group]
+                    if len(answered) != len(todo):
+                        raise RunFailed(f"the destination answered {len(answered)} of {len(todo)} changes")
+                    return
+                outcomes = self.writer.write(todo)
+            except TransientError as exc:
+                if streaming:
+                    pending = [p for j, p in enumerate(pending) if j not in answered]
+                if attempt >= len(delays):
+                    raise RunFailed(f"the destination kept failing: {exc}") from exc
+                wait = max(delays[attempt], exc.retry_after or 0.0)
+                if self.max_retry_wait is not None:
+                    wait = min(wait, self.max_retry_wait)
+                log.warning("transient destination error (%s); retrying in %.1fs",
+                            self.engine.redactor.text(str(exc)), wait)
+                time.sleep(wait)
+                continue
+            if outcomes is not None and len(outcomes) != len(todo):
+                raise RunFailed(f"the destination returned {len(outcomes)} outcomes for {len(todo)} changes")
+            yield [(p, OK if outcomes is None else outcomes[j]) for j, p in enumerate(pending)]
+            return
+        raise AssertionError("unreachable")
+
+    # --- the error budget ------------------------------------------------------------------------------
+
+    def count_kind(self, error: RecordError) -> None:
+        """Count an error by what went wrong (not by key), for the budget's 'most common error'."""
+        where = f" ({error.location})" if error.location else ""
+        self.error_kinds[(f"field '{error.field}': " if error.field else "") + error.message + where] += 1
+
+    def record_failed(self, error: RecordError, read: int, pending: int) -> None:
+        """Count an error by kind; stop at once when the first records of the run all fail."""
+        self.count_kind(error)
+        if not self.budgeted:
+            return
+        errors = self.counts["errors"] + pending
+        if errors == read == ERROR_BUDGET_SAMPLE and self.sync.max_error_share < 1:
+            self.trip(errors, read)
+        if self.sync.max_errors is not None and errors > self.sync.max_errors:
+            self.trip(errors, read)
+
+    def check_budget(self, failed: Failed, *, final: bool) -> None:
+        """Before a batch is written: stop the sync when its errors are over budget."""
+        read = self.counts["read"]
+        errors = self.counts["errors"] + len(failed)
+        if not errors or not read or not self.budgeted:
+            return
+        over_count = self.sync.max_errors is not None and errors > self.sync.max_errors
+        judged = final or read >= ERROR_BUDGET_SAMPLE
+        if over_count or (judged and errors / read > self.sync.max_error_share):
+            self.trip(errors, read)
+
+    def trip(self, errors: int, read: int) -> None:
+        """Stop the sync: one line with the counts and the most common error."""
+        self.counts["read"] = max(self.counts["read"], read)
+        (kind, times), = self.error_kinds.most_common(1) or [("rejected by the destination", errors)]
+        limit = (f"max_errors {self.sync.max_errors}" if self.sync.max_errors is not None
+                 and errors > self.sync.max_errors else f"max_error_share {self.sync.max_error_share:.0%}")
+        raise ErrorBudgetExceeded(self.engine.redactor.text(
+            f"error budget exceeded: {errors} of {read} records failed ({limit}); nothing more was written for "
+            f"this sync. Most common error ({times}x): {kind}"))
+
+    # --- dead letters -----------------------------------------------------------------------------------
+
+    def dead_row(self, error: RecordError, action: str | None, record: dict[str, Any] | None,
+                 payload: dict[str, Any] | None) -> DeadRow:
+        """A dead-letter row; the source record, the payload and the message have secrets masked.
+
+        A record without a key gets a stand-in key from its content and its error, so distinct bad
+        rows stay distinct and the same bad row keeps its key from run to run. An unreadable source
+        row is kept as the raw text the source could give.
+        """
+        redact = self.engine.redactor
+        if record is None and error.raw is not None:
+            record = {"raw": error.raw}
+        key = error.key
+        if key is None:
+            seed = f"{error.message}\x00{record!r}".encode("utf-8", "surrogatepass")
+            key = "(no key) " + hashlib.blake2b(seed, digest_size=8).hexdigest()
+        return (key, action, json.dumps(redact.data(_jsonable(record))) if record is not None else None,
+                json.dumps(redact.data(_jsonable(payload))) if payload is not None else None,
+                redact.text(error.describe()), error.field, error.location)
+
+    def note_errors(self, dead: list[DeadRow]) -> None:
+        """Keep the first errors for the run report."""
+        for row in dead:
+            if len(self.report.errors) < MAX_ERRORS_REPORTED:
+                self.report.errors.append(row[4])
+
+    # --- after the stream ----------------------------------------------------------------------------------
+
+    def replay_leftovers(self, mapping: Mapping_, whole: bool) -> None:
+        """Retry the dead letters the stream did not bring again (the state says which), from their records."""
+        letters = self.state.leftover_dead_letters(whole=whole, snapshot=self.sync.scope == "snapshot")
+        if not letters:
+            return
+        saved = self.source
+        self.source = DeadLetterSource([d.record for d in letters if d.record is not None])
+        try:
+            batch: dict[str, Pending] = {}
+            failed: Failed = []
+            for record in self.source.read(None):
+                try:
+                    mapped = mapping.map(record)
+                except RecordError as exc:
+                    failed.append((exc, record))
+                    continue
+                if mapped is not None:
+                    batch[mapped.key] = (mapped.values, record_hash(mapped.values), record, None)
+            self.flush(batch, [], failed)
+        finally:
+            self.source = saved
+
+    def delete_missing(self, known_before: int) -> None:
+        """Delete what the source no longer holds, unless the guard or an unkeyed failure forbids it."""
+        if not self.state.missing_count():
+            return
+        if self.unkeyed_errors:
+            self.report.deletes_inferred = False
+            self.report.notes.append(f"deletes skipped: {self.unkeyed_errors} record(s) failed before their key "
+                                     "was known, so a missing key may not mean a delete")
+            return
+        for changes in self.state.deletions(known_before=known_before, size=self.size,
+                                            max_share=self.sync.max_delete_share,
+                                            force=self.options.force_deletes, condition=self.delete_condition()):
+            for group in self.deliver(changes):
+                ok = [changes[i].key for i, o in group if o.ok]
+                dead = [self.dead_row(RecordError(o.error or "delete rejected", key=changes[i].key, field=o.field),
+                                      DELETE, None, None) for i, o in group if not o.ok]
+                self.counts["deletes"] += len(ok)
+                self.counts["errors"] += len(dead)
+                self.note_errors(dead)
+                self.state.commit(self.counts, deletes=ok, dead=dead)
+
+    def delete_condition(self) -> Callable[[str, Mapping[str, Any] | None], bool] | None:
+        """``delete_when`` compiled: whether a missing key, by its remembered fields, is a delete."""
+        when = self.sync.delete_when
+        if when is None:
+            return None
+        render = compile_native(self.engine.env, when[0])
+        base = {"vars": self.engine.pipeline.vars, "run": RunInfo(self.engine.run_id, self.engine.started_at)}
+
+        def condition(key: str, memo: Mapping[str, Any] | None) -> bool:
+            try:
+                return bool(render({**base, "record": memo}))
+            except Exception as exc:  # noqa: BLE001 - a condition that cannot decide keeps the record
+                log.warning("delete_when could not be evaluated for key %s at %s: %s", key, when[1], exc)
+                return False
+
+        return condition

@@ -1,0 +1,249 @@
+"""The change-tracking policy of one sync, over the SQL of :mod:`engine.state_store`.
+
+:class:`SyncState` decides, for one sync, everything the state store only records:
+
+- **what changed**: which records of a batch are new or changed (one indexed join per batch),
+  what an insert-only sync skips, and how explicit deletes and tombstones answer duplicates and
+  out-of-order pushes;
+- **commit an acknowledged group**: the new hashes, remote ids, tombstones and the fields
+  ``delete_when`` reads, the dead letters written and resolved, and the run's progress, in one
+  transaction, only for what the destination acknowledged;
+- **what to replay**: after a read, which dead letters the stream did not bring again are dropped
+  (gone from a whole snapshot) and which are replayed from their stored record;
+- **what to delete**: the known keys a whole read did not see, narrowed by ``delete_when``, behind
+  the mass-delete guard.
+
+It knows nothing of adapters, templates or the command line, so it is tested on its own
+(``tests/test_sync_state.py``). The engine's loop (:mod:`engine.runner`) asks it and obeys.
+
+Tombstones (explicit deletes pushed by a receiver) are the key's row with the all-zero hash: a
+later *update* of that key is a late post and is skipped; a *create* brings it back; a pull
+source's record for it is a create.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import DeleteGuardTripped
+from engine.interfaces import CREATE, DELETE, UPDATE, Change, Outcome
+from engine.state_store import TOMBSTONE, DeadLetter, StateStore
+
+DeadRow = tuple[str, str | None, str | None, str | None, str, str | None, str | None]
+"""(key, action, source record JSON, redacted payload JSON, message, field, template location)"""
+UNREADABLE = "unreadable"
+"""The dead-letter action of a source row that could not be read into a record."""
+COUNTERS = ("read", "creates", "updates", "deletes", "unchanged", "filtered", "skipped", "errors")
+"""What a run counts, in the order reports show them."""
+COUNTER_OF = {CREATE: "creates", UPDATE: "updates", DELETE: "deletes"}
+
+
+def new_counts() -> dict[str, int]:
+    """A run's counters, all zero."""
+    return dict.fromkeys(COUNTERS, 0)
+
+
+Pending = tuple[dict[str, Any], bytes, dict[str, Any] | None, str | None]
+"""A mapped record waiting in a batch: (values, hash, source record, action).
+
+``action`` is what a pushed record asked for (create, update, delete); ``None`` for a pulled
+record, which is a create or an update as the state says. An explicit delete carries the values
+of its key fields only, and the tombstone as its hash. (A plain tuple: one is made per record.)
+"""
+
+
+@dataclass
+class Decision:
+    """What the state says about one batch: the changes to send, and why the others are not sent."""
+
+    changes: list[Change] = field(default_factory=list)
+    unchanged: dict[str, str] = field(default_factory=dict)
+    """Keys whose record the destination already holds (or whose delete it already had), with why."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Keys not sent by the sync's rules (insert-only, deletes outside mirror, late updates), with why."""
+
+
+class SyncState:
+    """One sync's state: change detection, acknowledged commits, dead-letter replay and delete inference."""
+
+    def __init__(self, store: StateStore, pipeline: str, sync: str, *, mode: str = "upsert",
+                 key_fields: tuple[str, ...] = (), memo_fields: tuple[str, ...] = (), dry: bool = False) -> None:
+        self.store = store
+        self.mode = mode
+        self.key_fields = key_fields
+        self.dry = dry
+        self.stream_id = store.stream_id(pipeline, sync)
+        self.dead_keys: set[str] = store.dead_keys(self.stream_id)
+        self.run_row = 0
+        self.memo_fields = memo_fields
+        self._missing: int | None = None
+
+    # --- the run -------------------------------------------------------------------------------------
+
+    def begin(self, kind: str, run_id: str, started_at: str) -> list[str]:
+        """Open the run's record; returns notes about earlier runs whose process died (now ``interrupted``)."""
+        notes = []
+        if not self.dry:
+            for gone in self.store.close_interrupted(self.stream_id):
+                notes.append(f"the previous run {gone['run_id']} (started {gone['started_at']}) was "
+                             "interrupted; what it acknowledged was kept, the rest is sent now")
+        self.run_row = self.store.begin_run(self.stream_id, run_id, kind, started_at)
+        self.store.start_seen()
+        return notes
+
+    def cursor(self) -> str | None:
+        """The cursor the last good run ended with."""
+        return self.store.cursor(self.stream_id)
+
+    def known_count(self) -> int:
+        """Live records the state knows for the sync."""
+        return self.store.known_count(self.stream_id)
+
+    def finish(self, counts: dict[str, int], *, status: str, message: str | None, seconds: float,
+               cursor: str | None, advance_cursor: bool) -> None:
+        """Close the run; the cursor advances in the same transaction when told to."""
+        if not self.dry:
+            self.store.finish_run(self.stream_id, self.run_row, counts, status=status, message=message,
+                                  seconds=seconds, cursor=cursor, advance_cursor=advance_cursor)
+
+    # --- what changed ----------------------------------------------------------------------------------
+
+    def decide(self, batch: Mapping[str, Pending], *, everything: bool = False) -> Decision:
+        """The changes of a batch to send (every key is marked seen for delete inference)."""
+        known = self.store.changed(self.stream_id, [(key, p[1]) for key, p in batch.items()],
+                                   everything=everything)
+        decision = Decision()
+        key_fields = self.key_fields
+        for key, (values, _, _, action) in batch.items():
+            state = known.get(key)
+            if state is None:
+                if action == DELETE:
+                    decision.unchanged[key] = f"'{key}' is already deleted"
+                else:
+                    decision.unchanged[key] = f"'{key}' is unchanged"
+                continue
+            live = state.known and not state.tombstone
+            key_values = {f: values.get(f) for f in key_fields} if key_fields else {"key": key}
+            if action == DELETE:
+                if self.mode != "mirror":
+                    decision.skipped[key] = f"delete of '{key}' ignored: deletes apply only in mode: mirror"
+                    continue
+                decision.changes.append(Change(DELETE, key, None, state.remote_id if live else None, key_values))
+                continue
+            if state.tombstone and action == UPDATE:
+                decision.skipped[key] = f"ignored: '{key}' was deleted; a late update does not bring it back"
+                continue
+            if live and self.mode == "insert":
+                decision.skipped[key] = f"'{key}' exists and the sync only inserts"
+                continue
+            decision.changes.append(Change(UPDATE if live else CREATE, key, values,
+                                           state.remote_id if live else None, key_values))
+        return decision
+
+    def mark_seen(self, keys: Sequence[str]) -> None:
+        """Count keys as present in this run (records that failed, so a snapshot does not delete them)."""
+        self.store.mark_seen(keys)
+
+    # --- commit an acknowledged group --------------------------------------------------------------------
+
+    def memo(self, values: Mapping[str, Any] | None) -> str | None:
+        """What the state remembers of a record for ``delete_when``: exactly the fields it reads."""
+        if not self.memo_fields:
+            return None
+        return json.dumps({f: (values or {}).get(f) for f in self.memo_fields}, default=str)
+
+    def commit(self, counts: dict[str, int], *, delivered: Sequence[tuple[Change, bytes, Outcome]] = (),
+               deletes: Sequence[str] = (), dead: Sequence[DeadRow] = (), settled: Sequence[str] = (),
+               synced: bool = True) -> None:
+        """Record what the destination acknowledged, with the run's progress, in one transaction.
+
+        ``delivered`` are acknowledged changes with the hash of what was sent: a pushed delete leaves
+        a tombstone, anything else its hash and remote id. ``deletes`` are inferred deletes (their
+        row goes). ``dead`` are new dead letters; ``settled`` keys had one and are fine now.
+        """
+        if self.dry:
+            return
+        upserts: list[tuple[str, bytes, str | None, str | None]] = []
+        for change, digest, outcome in delivered:
+            if change.action == DELETE:
+                upserts.append((change.key, TOMBSTONE, None, None))
+            else:
+                upserts.append((change.key, digest, outcome.remote_id, self.memo(change.values)))
+        dead_keys = self.dead_keys
+        resolved = [k for k in (*(u[0] for u in upserts), *deletes, *settled) if k in dead_keys] if dead_keys else []
+        self.store.commit_batch(self.stream_id, self.run_row, counts, upserts=upserts, deletes=deletes, dead=dead,
+                                resolved=resolved, synced=synced)
+        dead_keys.difference_update(resolved)
+        dead_keys.update(row[0] for row in dead)
+
+    # --- what to replay ---------------------------------------------------------------------------------
+
+    def leftover_dead_letters(self, *, whole: bool, snapshot: bool) -> list[DeadLetter]:
+        """Dead letters this run's read did not bring again: dropped when gone, else returned to replay.
+
+        A whole snapshot that no longer holds a key says the record is gone, so its dead letter is
+        dropped. Otherwise (a window, an increment, a snapshot read in part) the stream says nothing
+        about the key, and its stored record is replayed. An unreadable row cannot be replayed: it
+        stays listed until a whole read no longer has it.
+        """
+        if not self.dead_keys or self.dry:
+            return []
+        unseen = [k for k in self.dead_keys if not self.store.was_seen(k)]
+        if not unseen:
+            return []
+        if snapshot and whole:
+            self.store.drop_dead(self.stream_id, unseen)
+            self.dead_keys.difference_update(unseen)
+            return []
+        return [d for d in self.store.dead_letters(self.stream_id, unseen) if d.record and d.action != UNREADABLE]
+
+    # --- what to delete -----------------------------------------------------------------------------------
+
+    def missing_count(self) -> int:
+        """How many known keys this run did not see (gathered once, after the read)."""
+        if self._missing is None:
+            self._missing = self.store.collect_missing(self.stream_id)
+        return self._missing
+
+    def deletions(self, *, known_before: int, size: int, max_share: float, force: bool,
+                  condition: Callable[[str, Mapping[str, Any] | None], bool] | None = None) -> Iterator[list[Change]]:
+        """The known keys this run did not see, as delete batches; raises when the guard trips.
+
+        With ``condition`` (``delete_when``), a missing key is a delete only when the condition holds
+        on its remembered fields; a key remembered without them is kept rather than guessed about.
+        Nothing is yielded before the whole count passed the mass-delete guard.
+        """
+        store = self.store
+        if not self.missing_count():
+            return
+
+        def doomed(row: tuple[str, str | None, str | None]) -> bool:
+            if condition is None:
+                return True
+            memo = json.loads(row[2]) if row[2] else None
+            return memo is not None and condition(row[0], memo)
+
+        count = sum(sum(1 for row in rows if doomed(row)) for rows in store.missing(size))
+        if not count:
+            return
+        share = count / known_before if known_before else 1.0
+        if share > max_share and not force:
+            raise DeleteGuardTripped(
+                f"would delete {count} of {known_before} known records ({share:.0%}), more than the allowed "
+                f"{max_share:.0%}; nothing was deleted. Check the source, then rerun with --force-deletes, "
+                "or raise max_delete_share")
+        for rows in store.missing(size):
+            changes = [Change(DELETE, row[0], None, row[1], self.key_values_of(row[0])) for row in rows if doomed(row)]
+            if changes:
+                yield changes
+
+    def key_values_of(self, key: str) -> dict[str, Any]:
+        """The key fields' values of a state key (an inferred delete has no record to read them from)."""
+        if not self.key_fields:
+            return {"key": key}
+        if len(self.key_fields) == 1:
+            return {self.key_fields[0]: key}
+        return dict(zip(self.key_fields, json.loads(key), strict=True))

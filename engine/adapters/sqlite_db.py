@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import RunFailed, TransientError
-from engine.interfaces import DELETE, Change, StreamContext
+from engine.interfaces import DELETE, Change, DiscoveredField, DiscoveredStream, StreamContext
 from engine.registry import REGISTRY
 from engine.typed_config import option
 
@@ -44,6 +44,23 @@ def connect(path: Path) -> sqlite3.Connection:
         return db
     except sqlite3.Error as exc:
         raise RunFailed(f"cannot open SQLite database {path}: {exc}") from exc
+
+
+def discover_tables(db: sqlite3.Connection) -> list[DiscoveredStream]:
+    """Every table and view: columns with their declared types, NOT NULL as required, the primary key."""
+    try:
+        names = [row[0] for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' "
+            "ESCAPE '\\' ORDER BY name")]
+        streams = []
+        for name in names:
+            info = db.execute(f"PRAGMA table_info({quote(name)})").fetchall()
+            fields = tuple(DiscoveredField(row[1], row[2] or None, bool(row[3])) for row in info)
+            key = tuple(row[1] for row in sorted((r for r in info if r[5]), key=lambda r: r[5]))
+            streams.append(DiscoveredStream(name, fields, key))
+        return streams
+    except sqlite3.Error as exc:
+        raise RunFailed(f"cannot read the tables of the database: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,14 @@ class SqliteSource:
     def open_stream(self, options: SqliteSourceOptions, ctx: StreamContext) -> SqliteSourceStream:
         """A stream over the table or query."""
         return SqliteSourceStream(self.db, options)
+
+    def discover(self) -> list[DiscoveredStream]:
+        """The database's tables and views."""
+        return discover_tables(self.db)
+
+    def stream_for(self, options: SqliteSourceOptions) -> str | None:
+        """The table a sync reads (``None`` for a query)."""
+        return options.table
 
     def close(self) -> None:
         """Close the connection."""
@@ -265,9 +290,9 @@ class SqliteDestinationStream:
             raise RunFailed(f"writing {self.options.table} failed: {exc}") from exc
 
     def _key_values(self, change: Change) -> tuple[Any, ...]:
-        if self.use_key_column or len(self.key_columns) == 1:
+        if self.use_key_column:
             return (change.key,)
-        return tuple(json.loads(change.key))
+        return tuple(change.key_values.get(c) for c in self.key_columns)
 
     def finish(self) -> None:
         """Create the table of a sync that had nothing to write yet, when asked to."""
@@ -296,6 +321,23 @@ class SqliteDestination:
     def open_stream(self, options: SqliteDestinationOptions, ctx: StreamContext) -> SqliteDestinationStream:
         """A stream writing one table."""
         return _LazyStream(self, options, ctx)  # type: ignore[return-value]
+
+    def discover(self) -> list[DiscoveredStream]:
+        """The database's tables and views, read without creating or changing the file (none yet: no tables)."""
+        if not self.path.is_file():
+            return []
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise RunFailed(f"cannot open SQLite database {self.path}: {exc}") from exc
+        try:
+            return discover_tables(db)
+        finally:
+            db.close()
+
+    def stream_for(self, options: SqliteDestinationOptions) -> str | None:
+        """The table a sync writes."""
+        return options.table
 
     def close(self) -> None:
         """Close the connection."""

@@ -1,10 +1,16 @@
-"""The ``syncengine`` command. Exit codes: 0 done, 1 done with record errors, 2 invalid pipeline, 3 run failed."""
+"""The ``syncengine`` command: parsing and printing over :mod:`engine.api`, where every verb's behaviour lives.
+
+Exit codes: 0 done, 1 done with record errors, 2 invalid pipeline or command line, 3 run failed.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,15 +18,44 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
+from engine import api
 from engine.adapters import register_builtins
 from engine.config import Pipeline, load_pipeline, load_schema
-from engine.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, PipelineInvalid, SyncEngineError
+from engine.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, PipelineInvalid, SyncEngineError
+from engine.logs import JsonLinesHandler
+from engine.logs import configure as configure_logging
 from engine.registry import REGISTRY, ROLES
 from engine.runner import Engine, RunOptions, RunReport
+from engine.schema_errors import did_you_mean
 from engine.schema_export import editor_schema
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class _Commands(TyperGroup):
+    """The verbs; their ``invoke`` is the one place where an error becomes a message and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the verb; an engine error exits with its class's ``exit_code`` (a Ctrl-C and a bug exit 3)."""
+        try:
+            return super().invoke(ctx)
+        except SyncEngineError as exc:
+            raise _fail(exc) from None
+        except (KeyboardInterrupt, typer.Abort):  # Abort: Ctrl-C or end of input at a prompt
+            _error("interrupted; what was acknowledged is kept", exit_code=EXIT_FAILED)
+            raise typer.Exit(EXIT_FAILED) from None
+        except (typer.Exit, typer.TyperException):
+            raise  # typer's own: usage errors (exit 2), --help, explicit exits
+        except Exception as exc:
+            # A bug: exit 3, not Python's 1 (which means "record errors" here). The message of an unexpected
+            # error may hold anything, so it is shown only in the debug log, which masks secrets.
+            logging.getLogger("syncengine").debug("unexpected error", exc_info=True)
+            _error(f"unexpected {type(exc).__name__} (a bug; --log-level debug shows the traceback)",
+                   exit_code=EXIT_FAILED)
+            raise typer.Exit(EXIT_FAILED) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Declarative, change-tracking sync: YAML pipelines, Jinja mappings, pluggable adapters.")
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -29,6 +64,59 @@ PipelineArg = Annotated[Path, typer.Argument(help="Pipeline file.", show_default
 StateOpt = Annotated[str | None, typer.Option("--state", help="State database (default: the pipeline's state.path).")]
 SyncOpt = Annotated[list[str] | None, typer.Option("--sync", "-s", help="Only this sync (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+VarOpt = Annotated[list[str] | None, typer.Option(
+    "--var", metavar="NAME=VALUE", show_default=False,
+    help="Set or override a pipeline var (repeatable); the value is JSON if it parses as JSON, else text.")]
+EnvFileOpt = Annotated[Path | None, typer.Option(
+    "--env-file", metavar="FILE", show_default=False,
+    help="Read environment variables from a dotenv file for this run (variables already set win).")]
+
+
+class LogLevel(StrEnum):
+    """``--log-level``."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(StrEnum):
+    """``--log-format``."""
+
+    text = "text"
+    json = "json"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"syncengine {api.engine_version()}", markup=False)
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _options(
+        version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                              help="Print the version and exit.")] = False,
+        log_level: Annotated[LogLevel | None, typer.Option(
+            "--log-level", envvar="SYNCENGINE_LOG_LEVEL", case_sensitive=False, show_default=False,
+            help="Log level (default: warning; info with --log-format json; debug with SYNCENGINE_DEBUG=1).")] = None,
+        log_format: Annotated[LogFormat, typer.Option(
+            "--log-format", envvar="SYNCENGINE_LOG_FORMAT", case_sensitive=False,
+            help="Log lines on stderr as text, or as one JSON object a line.")] = LogFormat.text) -> None:
+    """Declarative, change-tracking sync: YAML pipelines, Jinja mappings, pluggable adapters."""
+    if log_level is None:
+        # A JSON log is read by a collector, which wants each sync's counts line (info).
+        level = ("debug" if os.environ.get("SYNCENGINE_DEBUG") else
+                 "info" if log_format == LogFormat.json else "warning")
+    else:
+        level = log_level.value
+    configure_logging(level, log_format.value)
+
+
+def _vars(items: list[str] | None) -> dict[str, Any]:
+    """``--var`` values as vars (:func:`engine.api.parse_vars`)."""
+    return api.parse_vars(items or [])
 
 
 def _load(path: Path) -> Pipeline:
@@ -36,15 +124,31 @@ def _load(path: Path) -> Pipeline:
     return load_pipeline(path, REGISTRY, display=str(path))
 
 
+def _json_logs() -> bool:
+    return any(isinstance(handler, JsonLinesHandler) for handler in logging.getLogger().handlers)
+
+
+def _error(message: str, **fields: Any) -> None:
+    """``error: message`` on stderr; under ``--log-format json`` a JSON log line instead, so stderr stays JSON."""
+    if _json_logs():
+        logging.getLogger("syncengine.cli").error(message, extra=fields)
+    else:
+        err.print(f"error: {message}", markup=False)
+
+
 def _fail(exc: SyncEngineError) -> typer.Exit:
     """The one error handler: print what went wrong, return the exit."""
     if isinstance(exc, PipelineInvalid):
-        for problem in exc.problems:
-            err.print(str(problem), markup=False)
-        err.print(f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} found; nothing was run.",
-                  markup=False)
+        summary = f"{len(exc.problems)} problem{'s' if len(exc.problems) != 1 else ''} found; nothing was run."
+        if _json_logs():
+            logging.getLogger("syncengine.cli").error(summary, extra={"problems": [str(p) for p in exc.problems],
+                                                                      "exit_code": exc.exit_code})
+        else:
+            for problem in exc.problems:
+                err.print(str(problem), markup=False)
+            err.print(summary, markup=False)
     else:
-        err.print(f"error: {exc}", markup=False)
+        _error(str(exc), exit_code=exc.exit_code)
     return typer.Exit(exc.exit_code)
 
 
@@ -83,7 +187,7 @@ def _summary(report: RunReport, as_json: bool) -> None:
         out.print(json.dumps(report.to_dict(), default=str, indent=2), markup=False)
         return
     if report.error:
-        err.print(f"error: {report.error}", markup=False)
+        _error(report.error, exit_code=report.exit_code)
         return
     title = f"{'plan' if report.dry_run else 'apply'} {report.pipeline} (run {report.run_id})"
     table = Table(title=title, title_justify="left")
@@ -102,6 +206,10 @@ def _summary(report: RunReport, as_json: bool) -> None:
                   f"{c['errors']} errors", markup=False)
         if sync.message:
             out.print(f"{name}: {sync.status}: {sync.message}", markup=False)
+        for line in sync.warnings:
+            out.print(f"{name}: warning: {line}", markup=False)
+        for line in sync.notes:
+            out.print(f"{name}: note: {line}", markup=False)
         for line in sync.errors:
             out.print(f"{name}: record error: {line}", markup=False)
         for action, samples in sync.samples.items():
@@ -110,34 +218,24 @@ def _summary(report: RunReport, as_json: bool) -> None:
                           markup=False)
 
 
-def _run(pipeline: Path, options: RunOptions, state: str | None, as_json: bool) -> None:
-    try:
-        loaded = _load(pipeline)
-        engine = Engine(loaded, state_path=state, dry_run=options.dry_run)
-    except SyncEngineError as exc:
-        raise _fail(exc) from None
+def _run(pipeline: Path, options: RunOptions, state: str | None, as_json: bool, var: list[str] | None = None,
+         env_file: Path | None = None) -> None:
     progress = options.progress
     try:
-        report = engine.run(options)
-    except SyncEngineError as exc:
-        raise _fail(exc) from None
+        report = api.run(pipeline, options, state=state, variables=_vars(var), env_file=env_file)
     finally:
         if isinstance(progress, _Progress):
             progress.stop()
-        engine.close()
     _summary(report, as_json)
     raise typer.Exit(report.exit_code)
 
 
 @app.command()
-def validate(pipeline: PipelineArg) -> None:
+def validate(pipeline: PipelineArg, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
     """Check a pipeline: schema, adapter configs, mappings and templates. Nothing is run."""
-    try:
-        loaded = _load(pipeline)
-    except SyncEngineError as exc:
-        raise _fail(exc) from None
-    out.print(f"{pipeline}: valid ({len(loaded.syncs)} sync{'s' if len(loaded.syncs) != 1 else ''}: "
-              f"{', '.join(loaded.syncs)})", markup=False)
+    result = api.validate(pipeline, variables=_vars(var), env_file=env_file)
+    count = len(result.syncs)
+    out.print(f"{pipeline}: valid ({count} sync{'s' if count != 1 else ''}: {', '.join(result.syncs)})", markup=False)
 
 
 @app.command()
@@ -145,10 +243,10 @@ def plan(pipeline: PipelineArg, sync: SyncOpt = None, full_refresh: Annotated[bo
         "--full-refresh", help="Plan as if resending everything.")] = False,
          since: Annotated[str | None, typer.Option(help="Override the cursor for this run.")] = None,
          sample: Annotated[int, typer.Option(help="Rendered records to show per action.")] = 3,
-         state: StateOpt = None, as_json: JsonOpt = False) -> None:
+         state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
     """Dry run through the same path as apply: counts and sample records; nothing is written anywhere."""
     _run(pipeline, RunOptions(syncs=tuple(sync or ()), dry_run=True, full_refresh=full_refresh, since=since,
-                              sample_size=sample), state, as_json)
+                              sample_size=sample), state, as_json, var, env_file)
 
 
 @app.command()
@@ -158,53 +256,45 @@ def apply(pipeline: PipelineArg, sync: SyncOpt = None,
           since: Annotated[str | None, typer.Option(help="Override the cursor (watermark) for this run.")] = None,
           force_deletes: Annotated[bool, typer.Option("--force-deletes",
                                                       help="Allow deletes beyond max_delete_share.")] = False,
-          state: StateOpt = None, as_json: JsonOpt = False) -> None:
+          strict: Annotated[bool, typer.Option("--strict", help="Fail a sync that warns (a source glob that "
+                                                                "matches no file).")] = False,
+          state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
     """Run the syncs: send creates, updates and deletes since the last good run."""
-    progress = None if as_json else _Progress()
+    progress = None if as_json or _json_logs() else _Progress()  # bars would break a JSON log on stderr
     _run(pipeline, RunOptions(syncs=tuple(sync or ()), full_refresh=full_refresh, since=since,
-                              force_deletes=force_deletes, progress=progress), state, as_json)
+                              force_deletes=force_deletes, progress=progress, strict=strict), state, as_json,
+         var, env_file)
 
 
 @app.command()
 def retry(pipeline: PipelineArg, sync: Annotated[str, typer.Option("--sync", "-s", help="The sync.")],
           key: Annotated[list[str] | None, typer.Option("--key", "-k", help="Only this key (repeatable).")] = None,
-          state: StateOpt = None, as_json: JsonOpt = False) -> None:
+          state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
     """Retry a sync's dead letters now (all, or the given keys)."""
-    from engine.runner import DeadLetterSource
-
-    try:
-        loaded = _load(pipeline)
-        if sync not in loaded.syncs:
-            raise SyncEngineError(f"unknown sync '{sync}'")
-        engine = Engine(loaded, state_path=state)
-    except SyncEngineError as exc:
-        raise _fail(exc) from None
-    try:
-        stream = engine.store.stream_id(loaded.name, sync)
-        letters = engine.store.dead_letters(stream, key)
-        records = [d.record for d in letters if d.record is not None]
-        result = engine.run_sync(loaded.syncs[sync], RunOptions(), replay=DeadLetterSource(records))
-        report = RunReport(loaded.name, engine.run_id, False, {sync: result})
-    finally:
-        engine.close()
+    report = api.retry(pipeline, sync, keys=key, state=state, variables=_vars(var), env_file=env_file)
     _summary(report, as_json)
     raise typer.Exit(report.exit_code)
 
 
 @app.command("dead-letters")
-def dead_letters(pipeline: PipelineArg, sync: SyncOpt = None, state: StateOpt = None, as_json: JsonOpt = False) -> None:
-    """List the records that failed and wait for a retry."""
-    loaded, engine = _open_state(pipeline, state)
-    try:
-        rows: list[dict[str, Any]] = []
-        for name in sync or list(loaded.syncs):
-            stream = engine.store.find_stream(loaded.name, name)
-            for d in engine.store.dead_letters(stream) if stream is not None else []:
-                rows.append({"sync": name, "key": d.key, "action": d.action, "error": d.error, "field": d.field,
-                             "location": d.location, "attempts": d.attempts, "last_failed_at": d.last_failed_at,
-                             "payload": d.payload})
-    finally:
-        engine.close()
+def dead_letters(pipeline: PipelineArg, sync: SyncOpt = None,
+                 discard: Annotated[list[str] | None, typer.Option(
+                     "--discard", metavar="KEY", show_default=False,
+                     help="Forget the dead letter with this key instead of listing (repeatable; needs one --sync).")
+                 ] = None,
+                 state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
+    """List the records that failed and wait for a retry, or forget some (--discard)."""
+    if discard:
+        if len(sync or []) != 1:
+            raise ConfigError("--discard needs exactly one --sync: the sync the keys belong to")
+        name = (sync or [""])[0]
+        count = api.discard_dead_letters(pipeline, name, discard, state=state, variables=_vars(var))
+        if as_json:
+            out.print(json.dumps({"sync": name, "discarded": count}), markup=False)
+        else:
+            out.print(f"{name}: discarded {count} dead letter{'s' if count != 1 else ''}", markup=False)
+        return
+    rows = [d.to_dict() for d in api.dead_letters(pipeline, syncs=sync or (), state=state, variables=_vars(var))]
     if as_json:
         out.print(json.dumps(rows, indent=2, default=str), markup=False)
         return
@@ -215,52 +305,34 @@ def dead_letters(pipeline: PipelineArg, sync: SyncOpt = None, state: StateOpt = 
                   f"last {row['last_failed_at']})", markup=False)
 
 
-def _open_state(pipeline: Path, state: str | None) -> tuple[Pipeline, Engine]:
-    try:
-        loaded = _load(pipeline)
-        return loaded, Engine(loaded, state_path=state, dry_run=True)
-    except SyncEngineError as exc:
-        raise _fail(exc) from None
+_check_syncs = api.check_syncs
+"""An unknown ``--sync`` is a configuration error (exit 2) under every verb."""
 
 
 @app.command()
-def status(pipeline: PipelineArg, state: StateOpt = None, as_json: JsonOpt = False) -> None:
+def status(pipeline: PipelineArg, state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
     """Per sync: records known, cursor, dead letters and the last run."""
-    loaded, engine = _open_state(pipeline, state)
-    rows = []
-    try:
-        for name in loaded.syncs:
-            stream = engine.store.find_stream(loaded.name, name)
-            last = engine.store.last_run(stream) if stream is not None else None
-            rows.append({"sync": name,
-                         "known": engine.store.known_count(stream) if stream is not None else 0,
-                         "cursor": engine.store.cursor(stream) if stream is not None else None,
-                         "dead_letters": len(engine.store.dead_keys(stream)) if stream is not None else 0,
-                         "last_run": last})
-    finally:
-        engine.close()
+    loaded = api.load(pipeline, variables=_vars(var))
+    result = api.status(loaded, state=state)
     if as_json:
-        out.print(json.dumps(rows, indent=2, default=str), markup=False)
+        out.print(json.dumps([row.to_dict() for row in result], indent=2, default=str), markup=False)
         return
     table = Table(title=f"status {loaded.name}", title_justify="left")
     for column in ("sync", "known", "cursor", "dead letters", "last run", "result"):
         table.add_column(column)
-    for row in rows:
-        run = row["last_run"] if isinstance(row["last_run"], dict) else {}
-        table.add_row(str(row["sync"]), str(row["known"]), str(row["cursor"] or "-"), str(row["dead_letters"]),
+    for row in result:
+        run = row.last_run or {}
+        table.add_row(row.sync, str(row.known), str(row.cursor or "-"), str(row.dead_letters),
                       str(run.get("started_at", "never")), str(run.get("status", "-")))
     out.print(table)
 
 
 @app.command()
 def history(pipeline: PipelineArg, limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
-            state: StateOpt = None, as_json: JsonOpt = False) -> None:
+            state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
     """The latest runs: counts per action, errors and duration."""
-    loaded, engine = _open_state(pipeline, state)
-    try:
-        rows = engine.store.history(loaded.name, limit)
-    finally:
-        engine.close()
+    loaded = api.load(pipeline, variables=_vars(var))
+    rows = api.history(loaded, limit=limit, state=state)
     if as_json:
         out.print(json.dumps(rows, indent=2, default=str), markup=False)
         return
@@ -272,6 +344,37 @@ def history(pipeline: PipelineArg, limit: Annotated[int, typer.Option(help="How 
                       str(r["updates"]), str(r["deletes"]), str(r["errors"]),
                       f"{r['seconds']:.2f}" if r["seconds"] is not None else "-")
     out.print(table)
+
+
+@app.command()
+def reset(pipeline: PipelineArg,
+          sync: Annotated[list[str], typer.Option("--sync", "-s", show_default=False,
+                                                  help="The sync whose state to forget (repeatable).")],
+          yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+          state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
+    """Forget syncs' state (known records, cursor, dead letters): the next run treats every record as new.
+
+    The run history stays, with a 'reset' entry. Nothing is written to any destination.
+    """
+    loaded = api.load(pipeline, variables=_vars(var))
+    api.check_syncs(loaded, sync)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("reset asks for confirmation on a terminal; without one, pass --yes")
+        for row in api.status(loaded, state=state):
+            if row.sync in sync:
+                out.print(f"{row.sync}: {row.known} known records, cursor {row.cursor or '-'}, "
+                          f"{row.dead_letters} dead letters", markup=False)
+        if not typer.confirm("Forget this state? The next run treats every record as new", default=False):
+            out.print("nothing was reset", markup=False)
+            return
+    results = api.reset(loaded, sync, state=state)
+    if as_json:
+        out.print(json.dumps([r.to_dict() for r in results], indent=2), markup=False)
+        return
+    for r in results:
+        out.print(f"{r.sync}: forgot {r.records} record{'s' if r.records != 1 else ''}, {r.dead_letters} dead "
+                  f"letter{'s' if r.dead_letters != 1 else ''} and the cursor ({r.cursor or '-'})", markup=False)
 
 
 @app.command()
@@ -299,8 +402,6 @@ def adapters(name: Annotated[str | None, typer.Argument(help="Show one adapter's
         return
     specs = [REGISTRY.adapters[role][name] for role in ROLES if name in REGISTRY.adapters[role]]
     if not specs:
-        from engine.schema_errors import did_you_mean
-
         known = sorted({n for role in ROLES for n in REGISTRY.names(role)})
         err.print(f"error: no adapter named '{name}'{did_you_mean(name, known)}", markup=False)
         raise typer.Exit(EXIT_INVALID)
@@ -324,29 +425,106 @@ def adapters(name: Annotated[str | None, typer.Argument(help="Show one adapter's
 def serve(pipeline: PipelineArg,
           host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8080,
-          state: StateOpt = None) -> None:
+          state: StateOpt = None, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
     """Run the pipeline's receivers: records pushed to them are mapped and written as they arrive."""
-    from engine.push import serve_pipeline
+    raise typer.Exit(api.serve(pipeline, host=host, port=port, state=state, variables=_vars(var), env_file=env_file))
+
+
+@app.command()
+def init(template: Annotated[str | None, typer.Argument(help="Template: files, sqlite, sftp or http; none lists "
+                                                              "them.", show_default=False)] = None,
+         directory: Annotated[Path, typer.Option("--dir", help="Folder to write into (made if missing).")] = Path("."),
+         force: Annotated[bool, typer.Option("--force", help="Overwrite files that already exist.")] = False) -> None:
+    """Scaffold a pipeline, its mapping, mapping tests and a README from a shipped template."""
+    from engine.scaffold import TEMPLATES, scaffold
+
+    if template is None:
+        table = Table(title="templates (syncengine init TEMPLATE [--dir DIR])", title_justify="left")
+        table.add_column("template")
+        table.add_column("what it makes")
+        for item in TEMPLATES.values():
+            table.add_row(item.name, item.summary)
+        out.print(table)
+        return
+    try:
+        written = scaffold(template, directory, force=force)
+    except SyncEngineError as exc:
+        raise _fail(exc) from None
+    for path in written:
+        out.print(f"wrote {path}", markup=False)
+    pipeline = directory / "pipeline.yml"
+    needs = TEMPLATES[template].env
+    if needs:
+        out.print(f"next: set {', '.join(needs)} (see {directory / 'README.md'}), then", markup=False)
+    out.print(f"next: syncengine validate {pipeline} && syncengine test {pipeline} && syncengine apply {pipeline}",
+              markup=False)
+
+
+@app.command("test")
+def test_mappings(pipeline: PipelineArg,
+                  fixtures: Annotated[list[Path] | None, typer.Argument(
+                      help="Fixture files (default: *.test.yml beside the pipeline and under its tests/ folder).",
+                      show_default=False)] = None,
+                  as_json: JsonOpt = False) -> None:
+    """Unit-test the mappings with fixtures: inputs and the records they must give; nothing is read or written."""
+    from engine.mapping_tests import find_fixtures, load_suites, report_data, report_lines, run_suites
 
     try:
         loaded = _load(pipeline)
-        code = serve_pipeline(loaded, host=host, port=port, state_path=state)
+        files = list(fixtures) if fixtures else find_fixtures(pipeline)
+        if not files:
+            raise ConfigError(f"no fixtures: no *.test.yml beside {pipeline} or under its tests/ folder")
+        suites = load_suites(files, loaded)
     except SyncEngineError as exc:
         raise _fail(exc) from None
-    raise typer.Exit(code)
+    results, redactor = run_suites(loaded, suites)
+    if as_json:
+        out.print(json.dumps(report_data(results, redactor), indent=2, default=str, ensure_ascii=False), markup=False)
+    else:
+        for line in report_lines(results, redactor):
+            out.print(line, markup=False)
+    raise typer.Exit(EXIT_OK if all(r.passed for r in results) else 1)
+
+
+@app.command()
+def discover(pipeline: PipelineArg, as_json: JsonOpt = False,
+             no_cache: Annotated[bool, typer.Option("--no-cache", help="Print only; do not write the cache that "
+                                                                       "validate reads.")] = False) -> None:
+    """Ask the sources and destinations that can describe their data for their streams and fields, and cache it."""
+    from engine.discovery import cache_path, discover_pipeline, summary_lines, write_cache
+
+    try:
+        loaded = _load(pipeline)
+        engine = Engine(loaded, dry_run=True)
+    except SyncEngineError as exc:
+        raise _fail(exc) from None
+    try:
+        result = discover_pipeline(loaded, engine)
+    except SyncEngineError as exc:
+        raise _fail(exc) from None
+    finally:
+        engine.close()
+    cache = None if no_cache else cache_path(loaded.state_path)
+    if cache is not None:
+        write_cache(cache, loaded.name, result.document)
+    if as_json:
+        out.print(json.dumps({"pipeline": loaded.name, **result.document, "cache": str(cache) if cache else None,
+                              "errors": result.errors, "skipped": result.skipped}, indent=2, ensure_ascii=False),
+                  markup=False)
+    else:
+        for line in summary_lines(result):
+            out.print(line, markup=False)
+        if cache is not None:
+            out.print(f"wrote {cache}", markup=False)
+    for line in result.errors:
+        err.print(f"error: {line}", markup=False)
+    raise typer.Exit(EXIT_FAILED if result.errors else EXIT_OK)
 
 
 def main() -> None:
-    """Console entry point."""
-    import logging
-    import os
-
-    logging.basicConfig(level=logging.DEBUG if os.environ.get("SYNCENGINE_DEBUG") else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(EXIT_FAILED)
+    """Console entry point (logging is set up by the top-level options; errors become exits in ``_Commands``)."""
+    # The name, not ``python -m engine.cli``, is what usage lines and shell completion scripts use.
+    app(prog_name="syncengine")
 
 
 __all__ = ["EXIT_OK", "app", "main"]

@@ -91,7 +91,7 @@ class Endpoint:
     name: str
     role: Role
     spec: AdapterSpec
-    config: Any
+    config: object
     location: str
     locations: Mapping[tuple[str | int, ...], str] = field(default_factory=dict)
     """``file:line:col`` of each templated value in the block, by its path below the block."""
@@ -103,9 +103,9 @@ class SyncSpec:
 
     name: str
     source: str
-    source_options: Any
+    source_options: object
     destination: str
-    destination_options: Any
+    destination_options: object
     key_fields: tuple[str, ...]
     key_template: tuple[str, str] | None
     mode: str

@@ -67,7 +67,7 @@ def _discoverable(endpoint: Endpoint) -> bool | None:
     """Whether an endpoint's adapter can describe its data; ``None`` when only an instance can tell."""
     factory = endpoint.spec.factory
     if isinstance(factory, type):
-        return callable(getattr(factory, "discover", None)) and callable(getattr(factory, "stream_for", None))
+        return issubclass(factory, Discoverable)  # the capability is declared by the class's methods
     return None
 
 

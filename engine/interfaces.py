@@ -23,7 +23,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from engine.errors import RecordError
+
+OptionsT_contra = TypeVar("OptionsT_contra", contravariant=True)
+"""The per-sync options type of an adapter (a frozen dataclass), which its ``open_stream`` takes."""
 
 CREATE = "create"
 UPDATE = "update"
@@ -125,7 +130,7 @@ class SourceStream(Protocol):
     delivered) and :class:`WholeRead` (says whether the read was the whole set).
     """
 
-    def read(self, cursor: str | None) -> Iterator[dict[str, Any]]: ...
+    def read(self, cursor: str | None) -> Iterator[dict[str, Any] | RecordError]: ...
 
     def finish(self) -> str | None: ...
 
@@ -183,7 +188,7 @@ class DiscoveredStream:
 
 
 @runtime_checkable
-class Discoverable(Protocol):
+class Discoverable(Protocol[OptionsT_contra]):
     """An adapter that can describe its data (an optional capability, used by ``syncengine discover``).
 
     ``discover`` lists the streams the system holds; ``stream_for`` names the one a sync's options
@@ -193,21 +198,21 @@ class Discoverable(Protocol):
 
     def discover(self) -> list[DiscoveredStream]: ...
 
-    def stream_for(self, options: Any) -> str | None: ...
+    def stream_for(self, options: OptionsT_contra) -> str | None: ...
 
 
-class Source(Protocol):
+class Source(Protocol[OptionsT_contra]):
     """A configured pull source; ``close`` releases its connection."""
 
-    def open_stream(self, options: Any, ctx: StreamContext) -> SourceStream: ...
+    def open_stream(self, options: OptionsT_contra, ctx: StreamContext) -> SourceStream: ...
 
     def close(self) -> None: ...
 
 
-class Destination(Protocol):
+class Destination(Protocol[OptionsT_contra]):
     """A configured destination; ``close`` releases its connection."""
 
-    def open_stream(self, options: Any, ctx: StreamContext) -> DestinationStream: ...
+    def open_stream(self, options: OptionsT_contra, ctx: StreamContext) -> DestinationStream: ...
 
     def close(self) -> None: ...
 
@@ -229,7 +234,7 @@ class Delivery:
     message: str
 
 
-class PushSource(Protocol):
+class PushSource(Protocol[OptionsT_contra]):
     """A receiver: ``serve`` blocks, handing each arriving record to ``deliver`` until ``stop`` is set.
 
     ``bind`` opens the listening socket (port 0 picks a free one) and returns the URL it serves;
@@ -240,7 +245,7 @@ class PushSource(Protocol):
 
     def bind(self, host: str, port: int) -> str: ...
 
-    def route(self, options: Any) -> str: ...
+    def route(self, options: OptionsT_contra) -> str: ...
 
     def serve(self, deliver: Callable[[PushEvent], Delivery], stop: threading.Event) -> None: ...
 

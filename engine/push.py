@@ -69,8 +69,7 @@ class PushSync:
         self.mapping = engine.mapping(sync, run)
         self.key_mapping = _key_mapping(engine, sync, run, self.mapping)
         ctx = engine.stream_context(sync, self.mapping, run)
-        destination = engine.adapter(engine.pipeline.destinations[sync.destination])
-        self.writer = destination.open_stream(sync.destination_options, ctx)
+        self.writer = engine.destination(sync).open_stream(sync.destination_options, ctx)
         # A pushed record is retried briefly: the sender is waiting, and it retries a 5xx itself.
         options = RunOptions(retry_delays=WRITE_RETRY_DELAYS)
         self.loop = SyncLoop(engine, sync, self.state, self.report, self.writer, options, max_retry_wait=2.0)
@@ -120,7 +119,7 @@ class PushHub:
         self.routes: dict[str, dict[str, PushSync]] = {}
         self.lock = threading.Lock()
 
-    def add_receiver(self, name: str, receiver: PushSource) -> list[str]:
+    def add_receiver(self, name: str, receiver: PushSource[object]) -> list[str]:
         """Open the syncs fed by one receiver; returns their routes."""
         routes: dict[str, PushSync] = {}
         for sync in self.engine.pipeline.syncs.values():
@@ -157,7 +156,7 @@ class PushHub:
                     target.finish(status, message)
 
 
-def _serve(receiver: PushSource, deliver: Callable[[PushEvent], Delivery], stop: threading.Event,
+def _serve(receiver: PushSource[object], deliver: Callable[[PushEvent], Delivery], stop: threading.Event,
            failures: list[str], redact: Callable[[str], str]) -> None:
     try:
         receiver.serve(deliver, stop)
@@ -182,7 +181,7 @@ def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str 
     restore = _on_signals(stop)
     try:
         for name in receivers:
-            receiver: PushSource = engine.adapter(pipeline.sources[name])
+            receiver = engine.receiver(name)
             routes = hub.add_receiver(name, receiver)
             url = receiver.bind(host, port)
             print(f"listening on {url} ({name}: {', '.join(routes)})", flush=True)

@@ -12,10 +12,18 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
 
 from engine.errors import ConfigError
+from engine.interfaces import Destination, PushSource, Source
 from engine.typed_config import schema_of, secret_fields
+
+ConfigT = TypeVar("ConfigT")
+OptionsT = TypeVar("OptionsT")
+SourceFactory = Callable[[ConfigT, Path], Source[OptionsT]]
+DestinationFactory = Callable[[ConfigT, Path], Destination[OptionsT]]
+ReceiverFactory = Callable[[ConfigT, Path], PushSource[OptionsT]]
 
 Role = Literal["source", "destination", "receiver"]
 ROLES: tuple[Role, ...] = ("source", "destination", "receiver")
@@ -34,7 +42,8 @@ class AdapterSpec:
     name: str
     role: Role
     summary: str
-    factory: Callable[..., Any]
+    factory: Callable[[Any, Path], object]
+    """Makes the adapter from its config (an instance of ``config_type``) and the pipeline's folder."""
     config_type: type
     options_type: type
     module: str
@@ -64,10 +73,10 @@ class Registry:
     _loaded_entry_points: bool = False
 
     def register(self, role: Role, name: str, *, config: type, options: type = EmptyOptions,
-                 summary: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: ``factory(config, adapter_context)`` builds the adapter for one pipeline block."""
+                 summary: str = "") -> Callable[[Callable[..., object]], Callable[..., object]]:
+        """Decorator: ``factory(config, base_dir)`` builds the adapter for one pipeline block (untyped form)."""
 
-        def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
+        def decorate(factory: Callable[..., object]) -> Callable[..., object]:
             doc = summary or next(iter((factory.__doc__ or "").strip().splitlines()), "")
             spec = AdapterSpec(name, role, doc, factory, config, options, factory.__module__)
             existing = self.adapters[role].get(name)
@@ -79,17 +88,26 @@ class Registry:
 
         return decorate
 
-    def source(self, name: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    # The typed forms: mypy checks that the decorated class takes (config, base_dir) and that its
+    # instances keep the role's protocol with exactly the declared options type.
+
+    def source(self, name: str, *, config: type[ConfigT], options: type[OptionsT],
+               summary: str = "") -> Callable[[SourceFactory[ConfigT, OptionsT]], SourceFactory[ConfigT, OptionsT]]:
         """Register a pull source."""
-        return self.register("source", name, **kw)
+        return cast("Callable[[SourceFactory[ConfigT, OptionsT]], SourceFactory[ConfigT, OptionsT]]",
+                    self.register("source", name, config=config, options=options, summary=summary))
 
-    def destination(self, name: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def destination(self, name: str, *, config: type[ConfigT], options: type[OptionsT], summary: str = ""
+                    ) -> Callable[[DestinationFactory[ConfigT, OptionsT]], DestinationFactory[ConfigT, OptionsT]]:
         """Register a destination."""
-        return self.register("destination", name, **kw)
+        return cast("Callable[[DestinationFactory[ConfigT, OptionsT]], DestinationFactory[ConfigT, OptionsT]]",
+                    self.register("destination", name, config=config, options=options, summary=summary))
 
-    def receiver(self, name: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def receiver(self, name: str, *, config: type[ConfigT], options: type[OptionsT], summary: str = ""
+                 ) -> Callable[[ReceiverFactory[ConfigT, OptionsT]], ReceiverFactory[ConfigT, OptionsT]]:
         """Register a push source (served by ``syncengine serve``)."""
-        return self.register("receiver", name, **kw)
+        return cast("Callable[[ReceiverFactory[ConfigT, OptionsT]], ReceiverFactory[ConfigT, OptionsT]]",
+                    self.register("receiver", name, config=config, options=options, summary=summary))
 
     def get(self, role: Role, name: str) -> AdapterSpec | None:
         """The adapter, or ``None``."""

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from engine.config import Endpoint, Pipeline, SyncSpec, is_secret_path
 from engine.errors import (
@@ -29,8 +29,11 @@ from engine.errors import (
 )
 from engine.interfaces import (
     Change,
+    Destination,
     DestinationStream,
+    PushSource,
     RunInfo,
+    Source,
     SourceStream,
     StreamContext,
 )
@@ -176,7 +179,7 @@ class Engine:
         self._log_filter = RedactingFilter(self.redactor)
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._log_filter)
-        self._open: dict[tuple[str, str], Any] = {}
+        self._open: dict[tuple[str, str], object] = {}
         self._configs: dict[tuple[str, str], Any] = {}
 
     @property
@@ -190,7 +193,7 @@ class Engine:
         """Close every adapter and the state store."""
         for adapter in self._open.values():
             try:
-                adapter.close()
+                cast("Source[object]", adapter).close()  # every role has close()
             except Exception as exc:  # noqa: BLE001 - closing must not hide the run's own result
                 log.warning("closing an adapter failed: %s", self.redactor.text(str(exc)))
         self._open.clear()
@@ -253,13 +256,35 @@ class Engine:
         self.redactor.add_credentials(getattr(config, "username", None), getattr(config, "password", None))
         return config
 
-    def adapter(self, endpoint: Endpoint) -> Any:
+    def adapter(self, endpoint: Endpoint) -> object:
         """The adapter instance for an endpoint, opened on first use."""
         slot = (endpoint.role, endpoint.name)
         if slot not in self._open:
             config = self._configs.get(slot) or self.render_config(endpoint)
             self._open[slot] = endpoint.spec.factory(config, self.pipeline.base_dir)
         return self._open[slot]
+
+    # The registry checked, at registration, that each adapter keeps its role's protocol for its own
+    # options type; a sync's options were built from that same type. So the one unchecked step of
+    # the boundary is here: pairing an adapter with options it was registered for.
+
+    def source(self, sync: SyncSpec) -> Source[object]:
+        """The pull source a sync reads, typed for its options."""
+        endpoint = self.pipeline.sources[sync.source]
+        assert isinstance(sync.source_options, endpoint.spec.options_type)
+        return cast("Source[object]", self.adapter(endpoint))
+
+    def destination(self, sync: SyncSpec) -> Destination[object]:
+        """The destination a sync writes, typed for its options."""
+        endpoint = self.pipeline.destinations[sync.destination]
+        assert isinstance(sync.destination_options, endpoint.spec.options_type)
+        return cast("Destination[object]", self.adapter(endpoint))
+
+    def receiver(self, name: str) -> PushSource[object]:
+        """A receiver source by name."""
+        endpoint = self.pipeline.sources[name]
+        assert endpoint.role == "receiver"
+        return cast("PushSource[object]", self.adapter(endpoint))
 
     def prepare(self, syncs: list[SyncSpec], *, destinations: bool = True) -> None:
         """Render the configs the syncs use before any runs, so a missing variable fails once, up front."""
@@ -334,14 +359,12 @@ class Engine:
         try:
             mapping = self.mapping(sync, run)
             ctx = self.stream_context(sync, mapping, run, warn)
-            source: SourceStream = replay or self.adapter(self.pipeline.sources[sync.source]).open_stream(
-                sync.source_options, ctx)
+            source: SourceStream = replay or self.source(sync).open_stream(sync.source_options, ctx)
             writer: DestinationStream
             if options.dry_run:
                 writer = PlanWriter(report, options.sample_size, self.redactor)
             else:
-                writer = self.adapter(self.pipeline.destinations[sync.destination]).open_stream(
-                    sync.destination_options, ctx)
+                writer = self.destination(sync).open_stream(sync.destination_options, ctx)
             SyncLoop(self, sync, state, report, writer, options).run(source, mapping, cursor,
                                                                      replaying=replay is not None)
             if not options.dry_run:

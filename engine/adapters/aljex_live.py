@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from waitress import wasyncore
@@ -50,7 +50,7 @@ from waitress.task import ErrorTask
 from waitress.utilities import ServerNotImplemented
 
 from engine.errors import ConfigError, ConnectError, RunFailed
-from engine.interfaces import ACTIONS, Delivery, PushEvent
+from engine.interfaces import ACTIONS, Delivery, PushEvent, StreamContext
 from engine.registry import REGISTRY
 from engine.typed_config import option, secret
 
@@ -428,7 +428,7 @@ class AljexLiveReceiver:
             return _Answer(413, f"the body is over {config.max_body_bytes} bytes")
         return None
 
-    def open_stream(self, options: AljexLiveOptions, ctx: Any) -> None:
+    def open_stream(self, options: AljexLiveOptions, ctx: StreamContext) -> NoReturn:
         """A receiver cannot be pulled: ``apply`` reaches this for a live sync, and is told so."""
         raise RunFailed(f"sync '{ctx.sync}' is fed by Aljex live posts; run it with `syncengine serve`")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine.errors import RecordError, RunFailed
 from engine.interfaces import StreamContext
@@ -51,6 +51,18 @@ class LocalFilesStream:
         return None
 
 
+class FileSelection(Protocol):
+    """The per-sync options every local-files source has."""
+
+    @property
+    def files(self) -> str | None:
+        """Only the files whose name matches this glob."""
+
+    @property
+    def require_files(self) -> bool:
+        """Fail the sync when no file matches."""
+
+
 class LocalFilesSource:
     """A source of local files named by the config's ``path`` and the sync's ``files`` option."""
 
@@ -60,12 +72,12 @@ class LocalFilesSource:
         self.config = config
         self.base_dir = base_dir
 
-    def open_stream(self, options: Any, ctx: StreamContext) -> LocalFilesStream:
+    def open_stream(self, options: FileSelection, ctx: StreamContext) -> LocalFilesStream:
         """Resolve the files now, so a missing file fails before anything is written."""
         files = expand(self.base_dir, self.config.path, options.files)
         if not files:
             message = f"no file matches '{options.files or self.config.path}'"
-            if getattr(options, "require_files", False):
+            if options.require_files:
                 raise RunFailed(message)
             ctx.warn(message)
         return self.stream_class(self.config, files)

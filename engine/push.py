@@ -43,6 +43,7 @@ from engine.interfaces import (
     RunInfo,
 )
 from engine.mapping import CompiledMapping, IdentityMapping
+from engine.retry import Backoff
 from engine.runner import Engine, RunOptions, SyncReport
 from engine.sync_loop import SyncLoop
 from engine.sync_state import SyncState
@@ -50,7 +51,7 @@ from engine.templating import EnvView
 
 log = logging.getLogger("syncengine").getChild("serve")
 
-WRITE_RETRY_DELAYS = (0.2, 0.5, 1.0)
+WRITE_RETRY = Backoff(first=0.2, cap=2.0, retries=3)
 """A pushed record is retried briefly: the sender is waiting, and it retries a 5xx itself."""
 
 
@@ -71,8 +72,7 @@ class PushSync:
         ctx = engine.stream_context(sync, self.mapping, run)
         self.writer = engine.destination(sync).open_stream(sync.destination_options, ctx)
         # A pushed record is retried briefly: the sender is waiting, and it retries a 5xx itself.
-        options = RunOptions(retry_delays=WRITE_RETRY_DELAYS)
-        self.loop = SyncLoop(engine, sync, self.state, self.report, self.writer, options, max_retry_wait=2.0)
+        self.loop = SyncLoop(engine, sync, self.state, self.report, self.writer, RunOptions(retry=WRITE_RETRY))
         self.loop.budgeted = False
 
     @property

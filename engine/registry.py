@@ -91,19 +91,24 @@ class Registry:
     # The typed forms: mypy checks that the decorated class takes (config, base_dir) and that its
     # instances keep the role's protocol with exactly the declared options type.
 
-    def source(self, name: str, *, config: type[ConfigT], options: type[OptionsT],
+    def source(self, name: str, *, config: type[ConfigT],
+               options: type[OptionsT] = EmptyOptions,  # type: ignore[assignment]  # no per-sync options
                summary: str = "") -> Callable[[SourceFactory[ConfigT, OptionsT]], SourceFactory[ConfigT, OptionsT]]:
         """Register a pull source."""
         return cast("Callable[[SourceFactory[ConfigT, OptionsT]], SourceFactory[ConfigT, OptionsT]]",
                     self.register("source", name, config=config, options=options, summary=summary))
 
-    def destination(self, name: str, *, config: type[ConfigT], options: type[OptionsT], summary: str = ""
+    def destination(self, name: str, *, config: type[ConfigT],
+                    options: type[OptionsT] = EmptyOptions,  # type: ignore[assignment]  # no per-sync options
+                    summary: str = ""
                     ) -> Callable[[DestinationFactory[ConfigT, OptionsT]], DestinationFactory[ConfigT, OptionsT]]:
         """Register a destination."""
         return cast("Callable[[DestinationFactory[ConfigT, OptionsT]], DestinationFactory[ConfigT, OptionsT]]",
                     self.register("destination", name, config=config, options=options, summary=summary))
 
-    def receiver(self, name: str, *, config: type[ConfigT], options: type[OptionsT], summary: str = ""
+    def receiver(self, name: str, *, config: type[ConfigT],
+                 options: type[OptionsT] = EmptyOptions,  # type: ignore[assignment]  # no per-sync options
+                 summary: str = ""
                  ) -> Callable[[ReceiverFactory[ConfigT, OptionsT]], ReceiverFactory[ConfigT, OptionsT]]:
         """Register a push source (served by ``syncengine serve``)."""
         return cast("Callable[[ReceiverFactory[ConfigT, OptionsT]], ReceiverFactory[ConfigT, OptionsT]]",

@@ -38,6 +38,7 @@ from engine.interfaces import (
     StreamContext,
 )
 from engine.mapping import CompiledMapping, IdentityMapping, compile_native
+from engine.retry import Backoff
 from engine.state_store import StateStore
 from engine.sync_loop import DeadLetterSource, SyncLoop
 from engine.sync_state import SyncState, new_counts
@@ -46,7 +47,6 @@ from engine.yaml_source import format_path
 
 log = logging.getLogger("syncengine")
 
-RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -60,7 +60,8 @@ class RunOptions:
     force_deletes: bool = False
     sample_size: int = 3
     progress: Callable[[str, int], None] | None = None
-    retry_delays: tuple[float, ...] = RETRY_DELAYS
+    retry: Backoff = field(default_factory=Backoff)
+    """How a batch the destination answered with a transient error is retried."""
     strict: bool = False
     """Fail a sync that warned (a source glob that matched no file)."""
 

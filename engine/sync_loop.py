@@ -111,7 +111,7 @@ class SyncLoop:
     """One sync's records, from mapped to durable, for a pull run or a receiver."""
 
     def __init__(self, engine: Engine, sync: SyncSpec, state: SyncState, report: SyncReport,
-                 writer: DestinationStream, options: RunOptions, *, max_retry_wait: float | None = None) -> None:
+                 writer: DestinationStream, options: RunOptions) -> None:
         self.engine = engine
         self.sync = sync
         self.state = state
@@ -123,7 +123,6 @@ class SyncLoop:
         self.dry = options.dry_run
         limit = writer.max_batch
         self.size = min(sync.batch_size, limit) if limit else sync.batch_size
-        self.max_retry_wait = max_retry_wait
         self.unkeyed_errors = 0
         self.last_synced = time.monotonic()
         self.budgeted = True
@@ -304,11 +303,11 @@ class SyncLoop:
         """
         if not changes:
             return
-        delays = self.options.retry_delays
+        backoff = self.options.retry
         pending = list(range(len(changes)))
         streaming = isinstance(self.writer, StreamingDestinationStream)
         answered: set[int] = set()
-        for attempt in range(len(delays) + 1):
+        for attempt in range(backoff.retries + 1):
             todo = [changes[i] for i in pending]
             try:
                 if streaming:
@@ -323,11 +322,9 @@ class SyncLoop:
             except TransientError as exc:
                 if streaming:
                     pending = [p for j, p in enumerate(pending) if j not in answered]
-                if attempt >= len(delays):
+                if backoff.exhausted(attempt):
                     raise RunFailed(f"the destination kept failing: {exc}") from exc
-                wait = max(delays[attempt], exc.retry_after or 0.0)
-                if self.max_retry_wait is not None:
-                    wait = min(wait, self.max_retry_wait)
+                wait = backoff.delay(attempt, exc.retry_after)
                 log.warning("transient destination error (%s); retrying in %.1fs",
                             self.engine.redactor.text(str(exc)), wait)
                 time.sleep(wait)

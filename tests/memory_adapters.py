@@ -11,6 +11,7 @@ from engine.config import Pipeline, load_pipeline
 from engine.errors import TransientError
 from engine.interfaces import DELETE, Change, Outcome, StreamContext
 from engine.registry import Registry
+from engine.retry import NO_WAIT
 from engine.runner import Engine, RunOptions, RunReport
 from engine.typed_config import option, secret
 
@@ -146,6 +147,6 @@ def run(path: Path, **options: Any) -> RunReport:
     pipeline: Pipeline = load_pipeline(path, REGISTRY)
     engine = Engine(pipeline)
     try:
-        return engine.run(RunOptions(retry_delays=(0.0, 0.0, 0.0), **options))
+        return engine.run(RunOptions(retry=NO_WAIT, **options))
     finally:
         engine.close()

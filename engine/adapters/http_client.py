@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConnectError
+from engine.retry import Backoff
 from engine.typed_config import option, secret
 
 if TYPE_CHECKING:
@@ -144,12 +144,11 @@ class Sender:
         self.pool = pool
         self.errors = urllib3.exceptions
         self.timeout = urllib3.Timeout(config.timeout)
+        self.backoff = Backoff(first=config.backoff, cap=config.max_backoff, retries=config.max_retries)
 
     def delay(self, attempt: int, hint: float | None) -> float:
         """Backoff for the ``attempt``-th retry: doubling, jittered, at least the server's hint."""
-        cap = self.config.max_backoff
-        wait = min(cap, self.config.backoff * float(2 ** attempt)) * (0.5 + random.random() / 2)
-        return min(cap, max(wait, hint or 0.0))
+        return self.backoff.delay(attempt, hint)
 
     def attempt(self, method: str, url: str, *, body: bytes | None, headers: dict[str, str], attempt: int,
                 abort: threading.Event) -> Attempted | Retry:
@@ -161,7 +160,7 @@ class Sender:
         fails TLS verification, and :class:`Aborted` when ``abort`` was set before the request left."""
         if abort.is_set():
             raise Aborted("stopped: another request could not reach the server")
-        last = attempt >= self.config.max_retries
+        last = self.backoff.exhausted(attempt)
         try:
             response = self.pool.urlopen(method, url, body=body, headers=headers, timeout=self.timeout,
                                          retries=False, redirect=False)

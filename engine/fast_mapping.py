@@ -4,7 +4,8 @@ Most fields are ``record.x``, a registered filter with constant arguments, ``~``
 text. For a mapping made only of such templates, this module writes one Python function that builds
 the whole output record as a dict literal: no Jinja context, no generator, no per-field bookkeeping
 (2-3x faster per record than the compiled Jinja template). Anything outside that subset raises
-:class:`Unsupported` at compile time and the mapping keeps the Jinja path alone.
+:class:`Unsupported` at compile time and the mapping keeps the Jinja path alone. The choice is made
+inside :class:`engine.mapping.CompiledTemplates`, the one way templates are evaluated.
 
 The translation keeps Jinja's meaning exactly where it applies: a record field is read as a dict
 key; a missing field, or any error, makes the caller fall back to the Jinja path for that record,
@@ -30,6 +31,7 @@ from typing import Any
 from jinja2 import nodes
 
 from engine import filters
+from engine.jinja_internals import passes_jinja_argument
 from engine.limits import MAX_VALUE, measure
 from engine.templating import SyncEnvironment, single_expression
 
@@ -209,7 +211,7 @@ class _Translator:
         if node.dyn_args is not None or node.dyn_kwargs is not None or node.node is None:
             raise Unsupported("dynamic filter arguments")
         function = self.function(node)
-        if function is None or getattr(function, "jinja_pass_arg", None) is not None:
+        if function is None or passes_jinja_argument(function):
             raise Unsupported(f"filter {node.name}")
         if inspect.isgeneratorfunction(function) or node.name in _LAZY:
             # A lazy result is no value; the Jinja path reports it as a record error.

@@ -21,10 +21,19 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import Undefined, pass_environment, pass_eval_context
-from jinja2 import filters as jinja_filters
-from jinja2.exceptions import FilterArgumentError
 from jinja2.nodes import EvalContext
 
+from engine.jinja_internals import (
+    FilterArgumentError,
+    do_batch,
+    do_indent,
+    do_replace,
+    do_tojson,
+    make_attrgetter,
+    passes_jinja_argument,
+    sync_do_join,
+    sync_do_slice,
+)
 from engine.limits import (
     as_text_size,
     check_items,
@@ -323,7 +332,7 @@ def indent(value: Any, width: int | str = 4, first: bool = False, blank: bool = 
     check_width(width, "indent")
     prefix = len(width) if isinstance(width, str) else int(width)
     check_text(len(text) + (len(text.splitlines()) + 1) * (max(prefix, 0) + 1), "indent")
-    return jinja_filters.do_indent(text, width, first, blank)
+    return do_indent(text, width, first, blank)
 
 
 @pass_environment
@@ -348,7 +357,7 @@ def replace(eval_ctx: EvalContext, value: Any, old: Any, new: Any, count: int | 
     _fail_if_undefined(new)
     text, old_text, new_text = _text(value), _text(old), _text(new)
     check_text(replaced_size(text, old_text, new_text, -1 if count is None else count), "replace")
-    result: str = jinja_filters.do_replace(eval_ctx, text, old_text, new_text, count)
+    result: str = do_replace(eval_ctx, text, old_text, new_text, count)
     return result
 
 
@@ -358,7 +367,7 @@ def join(eval_ctx: EvalContext, value: Iterable[Any], d: str = "", attribute: st
     _fail_if_undefined(value)
     items = list(value)
     if attribute is not None:
-        items = list(map(jinja_filters.make_attrgetter(eval_ctx.environment, attribute), items))
+        items = list(map(make_attrgetter(eval_ctx.environment, attribute), items))
     separator = _text(d)
     size = len(separator) * max(len(items) - 1, 0)
     check_text(size, "join")
@@ -368,7 +377,7 @@ def join(eval_ctx: EvalContext, value: Iterable[Any], d: str = "", attribute: st
         size += len(text)
         check_text(size, "join")
         texts.append(item if hasattr(item, "__html__") else text)
-    result: str = jinja_filters.sync_do_join(eval_ctx, texts, d)
+    result: str = sync_do_join(eval_ctx, texts, d)
     return result
 
 
@@ -377,7 +386,7 @@ def batch(value: Iterable[Any], linecount: int, fill_with: Any = None) -> Iterat
     _fail_if_undefined(value)
     if isinstance(linecount, int):
         check_items(linecount, "batch")
-    batches: Iterator[list[Any]] = jinja_filters.do_batch(value, linecount, fill_with)
+    batches: Iterator[list[Any]] = do_batch(value, linecount, fill_with)
     return batches
 
 
@@ -386,7 +395,7 @@ def slice_into(value: Iterable[Any], slices: int, fill_with: Any = None) -> Iter
     _fail_if_undefined(value)
     if isinstance(slices, int):
         check_items(slices, "slice")
-    parts: Iterator[list[Any]] = jinja_filters.sync_do_slice(list(value), slices, fill_with)
+    parts: Iterator[list[Any]] = sync_do_slice(list(value), slices, fill_with)
     return parts
 
 
@@ -396,7 +405,7 @@ def total(environment: Any, iterable: Iterable[Any], attribute: str | int | None
     _fail_if_undefined(iterable)
     items = list(iterable)
     if attribute is not None:
-        items = list(map(jinja_filters.make_attrgetter(environment, attribute), items))
+        items = list(map(make_attrgetter(environment, attribute), items))
     if isinstance(start, (list, tuple)):
         # Adding lists one by one copies the growing list each time; extend one copy instead.
         result = list(start)
@@ -433,7 +442,7 @@ def tojson(eval_ctx: EvalContext, value: Any, indent: int | str | None = None) -
         step = len(indent) if isinstance(indent, str) else int(indent)
         lines, depth = _json_shape(value)
         check_text(measure(value) + lines * (1 + depth * max(step, 0)), "tojson")
-    return jinja_filters.do_tojson(eval_ctx, value, indent)  # type: ignore[arg-type]  # a text indent works too
+    return do_tojson(eval_ctx, value, indent)  # type: ignore[arg-type]  # a text indent works too
 
 
 BOUNDED: dict[str, Callable[..., Any]] = {
@@ -470,7 +479,7 @@ def strict(name: str, function: Callable[..., Any], *, test: bool = False) -> Ca
     ``syncengine_inner`` is the function itself (the fast mapping path calls that directly, as its
     values are never undefined). A filter that makes text of a list checks the list's size first.
     """
-    skip = 0 if getattr(function, "jinja_pass_arg", None) is None else 1  # context/environment comes first
+    skip = 1 if passes_jinja_argument(function) else 0  # context/environment comes first
     as_text = not test and name not in _SEQUENCE_FILTERS
 
     def checked(*args: Any, **kwargs: Any) -> Any:

@@ -1,9 +1,18 @@
-"""A sync's mapping compiled once into a single Jinja function that renders a whole record.
+"""Templates compiled once into one evaluation: the one door through which the engine evaluates a template.
 
-Every field template becomes a top-level ``{% set %}`` of one combined template, so one call per
-record computes every field with native types, behind the ``filter:`` condition. The Jinja context
-object is built once and reused: per record only ``record`` changes and the field slots are reset.
-When a record fails, each field is rendered on its own to name the field that failed.
+:class:`CompiledTemplates` is the only way a template is evaluated: a mapping's fields with its
+``filter:`` and key template (:class:`CompiledMapping`), and, one template at a time through
+:func:`compile_template`, a key template without a mapping, ``delete_when``, adapter options (the
+http destination's ``idempotency_key``, the sftp destination's ``filename``) and configuration
+values. The path is decided inside: a set the plain-Python translation covers
+(:mod:`engine.fast_mapping`) runs as generated Python, and any other set, or a record that path
+cannot produce, runs as one Jinja function (:class:`~engine.jinja_internals.CompiledSlots`); both
+give the same values and the same errors.
+
+On the Jinja path every field template becomes a top-level ``{% set %}`` of one combined template,
+so one call per record computes every field with native types, behind the ``filter:`` condition.
+The Jinja context object is built once and reused: per record only ``record`` changes and the field
+slots are reset. When a record fails, each field is rendered on its own to name the field that failed.
 
 What a mapping makes is bounded: a value over :data:`~engine.limits.MAX_VALUE` characters, or a
 record whose values together pass :data:`~engine.limits.MAX_RECORD`, is a record error. A value
@@ -15,18 +24,19 @@ from __future__ import annotations
 import json
 import keyword
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
-from jinja2 import Undefined, nodes
+from jinja2 import Undefined
 from jinja2.exceptions import TemplateError
 
 from engine.errors import RecordError
 from engine.fast_mapping import Unsupported, compile_fast, size_of_made
 from engine.filters import FilterError
+from engine.jinja_internals import CompiledSlots, Slot
 from engine.limits import MAX_RECORD, MAX_VALUE, LimitError, measure
-from engine.templating import SyncEnvironment, single_expression
+from engine.templating import SyncEnvironment
 
 _ITERATORS = frozenset({types.GeneratorType, type(reversed([])), type(iter([])), type(iter(())), type(iter("")),
                         map, filter, zip})
@@ -79,14 +89,6 @@ def _slot(i: int) -> str:
     return f"syncengine_f{i}"
 
 
-def _assignment(name: str, ast: nodes.Template) -> nodes.Stmt:
-    expr = single_expression(ast)
-    target = nodes.Name(name, "store")
-    if expr is not None:
-        return nodes.Assign(target, expr)
-    return nodes.AssignBlock(target, None, ast.body)
-
-
 _RESERVED = {"record", "vars", "env", "run", "loop", "self", "super", "caller", "varargs", "kwargs", KEEP, KEY}
 
 
@@ -119,30 +121,33 @@ def key_string(values: tuple[Any, ...]) -> str:
     return json.dumps(list(values), default=str, ensure_ascii=False)
 
 
-class CompiledMapping:
-    """Maps source records to output records; built once per run, called once per record."""
+class CompiledTemplates:
+    """Templates compiled once into one evaluation; the only way the engine evaluates a template.
 
-    def __init__(self, env: SyncEnvironment, fields: list[FieldTemplate], *,
-                 key_fields: tuple[str, ...], key_template: tuple[str, str] | None,
-                 filter_template: tuple[str, str] | None, context: Mapping[str, Any]) -> None:
-        self.fields = fields
+    ``fields`` are the output leaves (templates and constants); ``key_template`` and
+    ``filter_template`` are (source, location); ``context`` holds the names fixed for the run
+    (``vars``, ``env``, ``run``...), and ``record`` is given per evaluation. A template that is a
+    single expression keeps its native type unless ``text``, which renders every template to text.
+    """
+
+    def __init__(self, env: SyncEnvironment, fields: Sequence[FieldTemplate], *, context: Mapping[str, Any],
+                 key_fields: tuple[str, ...] = (), key_template: tuple[str, str] | None = None,
+                 filter_template: tuple[str, str] | None = None, text: bool = False) -> None:
+        self.fields = list(fields)
         self.key_fields = key_fields
-        self.output_names = tuple(dict.fromkeys(str(f.path[0]) for f in fields))
         self._context = dict(context)
-        self._single: dict[str, Callable[[dict[str, Any]], Any]] = {}
-        body: list[nodes.Node] = []
+        self._single: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
         self._constants: dict[int, Any] = {}
-        templated: list[nodes.Stmt] = []
+        slots: list[Slot] = []
         # Fast path: a flat mapping whose names are safe template variables assigns each field under
         # its own name, so the context's variables *are* the output record (no copy per record).
         self._direct = all(len(f.path) == 1 and _assignable(str(f.path[0])) for f in fields)
         self._slots = [str(f.path[0]) if self._direct else _slot(i) for i, f in enumerate(fields)]
         for i, f in enumerate(fields):
             if f.is_template:
-                templated.append(_assignment(self._slots[i], env.parse(f.source)))
-                self._single[_slot(i)] = compile_native(env, f.source)
+                slots.append(Slot(self._slots[i], env.parse(f.source), text))
             elif self._direct:
-                templated.append(nodes.Assign(nodes.Name(self._slots[i], "store"), nodes.Const(f.source)))
+                slots.append(Slot(self._slots[i], None, constant=f.source))
             else:
                 self._constants[i] = f.source
         self._filter_at = filter_template[1] if filter_template else None
@@ -158,27 +163,29 @@ class CompiledMapping:
             leaves.append((KEY, key_template[0], True))
         self._size = size_of_made(env, leaves, self._context)
         if key_template is not None:
-            templated.insert(0, _assignment(KEY, env.parse(key_template[0])))
-            self._single[KEY] = compile_native(env, key_template[0])
+            slots.insert(0, Slot(KEY, env.parse(key_template[0])))
+            self._single[KEY] = _one(env, key_template[0])
+        guard = None
         if filter_template is not None:
-            body.append(_assignment(KEEP, env.parse(filter_template[0])))
-            body.append(nodes.If(nodes.Name(KEEP, "load"), templated, [], []))
-            self._single[KEEP] = compile_native(env, filter_template[0])
-        else:
-            body.extend(templated)
-        tree = nodes.Template(body, lineno=1)
-        tree.set_environment(env)
-        self._template = env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
-        self._ctx = self._template.new_context(self._context)
-        self._root = self._template.root_render_func
+            guard = (KEEP, env.parse(filter_template[0]))
+            self._single[KEEP] = _one(env, filter_template[0])
+        self._jinja = CompiledSlots(env, slots, guard=guard, context=self._context)
+        # Each template on its own, to name the one that fails; a set of one template is its own
+        # (compile_template's case: it is compiled once).
+        alone = self._alone(slots[0].name) if len(slots) == 1 and guard is None else None
+        for i, f in enumerate(fields):
+            if f.is_template:
+                self._single[_slot(i)] = alone or _one(env, f.source, text)
         self._build = self._builder()
-        try:
-            self._fast: Callable[[dict[str, Any]], tuple[dict[str, Any], Any] | None] | None = compile_fast(
-                env, [(f.path, f.source, f.is_template) for f in fields],
-                key_template=key_template[0] if key_template else None,
-                filter_template=filter_template[0] if filter_template else None, context=self._context)
-        except Unsupported:
-            self._fast = None
+        self._fast: Callable[[dict[str, Any]], tuple[dict[str, Any], Any] | None] | None = None
+        if not text:  # the translation gives native values; rendering to text is Jinja's alone
+            try:
+                self._fast = compile_fast(
+                    env, [(f.path, f.source, f.is_template) for f in fields],
+                    key_template=key_template[0] if key_template else None,
+                    filter_template=filter_template[0] if filter_template else None, context=self._context)
+            except Unsupported:
+                self._fast = None  # outside the translated subset: the Jinja path alone
 
     def _builder(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """A function from the slots dict to the output record (flat fast path, nested general path)."""
@@ -212,30 +219,43 @@ class CompiledMapping:
             return out
         return nested
 
-    def map(self, record: dict[str, Any]) -> MappedRecord | None:
-        """The mapped record, or ``None`` when ``filter:`` drops it; raises :class:`RecordError`."""
-        result: tuple[dict[str, Any], Any] | None | object = _JINJA
+    def evaluate(self, record: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
+        """(values, template key) of one record, or ``None`` when ``filter:`` drops it; raises :class:`RecordError`."""
         if self._fast is not None:
             try:
-                result = self._fast(record)
+                return self._fast(record)
             except Exception:  # noqa: BLE001, S110 - not swallowed: the Jinja path below gives the value or the error
                 pass
-        if result is _JINJA:
-            result = self._render(record)
-        if result is None:
-            return None
-        values: dict[str, Any] = result[0]  # type: ignore[index]
-        return MappedRecord(record_key(values, self.key_fields, result[1], self._key_at), values)  # type: ignore[index]
+        return self._render(record)
+
+    def value(self, **names: Any) -> Any:
+        """The value of a set of one template (:func:`compile_template`'s) for ``names`` over the compiled context.
+
+        Raises the template's own error. Given only ``record``, the generated path answers when it
+        can, as for :meth:`evaluate`.
+        """
+        if self._fast is not None and names.keys() == {"record"}:
+            try:
+                result = self._fast(names["record"])
+            except Exception:  # noqa: BLE001, S110 - not swallowed: the Jinja path below gives the value or the error
+                result = None
+            if result is not None:
+                return result[0][str(self.fields[0].path[0])]
+        return self._single[_slot(0)]({**self._context, **names})
+
+    def _alone(self, slot: str) -> Callable[[Mapping[str, Any]], Any]:
+        """For a set of one template: its value on the Jinja path, as a function of all its names."""
+        jinja = self._jinja
+
+        def render(names: Mapping[str, Any]) -> Any:
+            return _checked(jinja.run_with(names)[slot])
+
+        return render
 
     def _render(self, record: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
         """(values, template key) through the compiled Jinja template; ``None`` when filtered out."""
-        ctx = self._ctx
-        ctx.parent["record"] = record
-        slots: dict[str, Any] = {}
-        ctx.vars = slots
         try:
-            for _ in self._root(ctx):
-                pass
+            slots = self._jinja.run(record)
             if KEEP in slots and not slots[KEEP]:
                 return None
             template_key = slots.get(KEY)
@@ -324,27 +344,75 @@ class CompiledMapping:
         return None
 
 
-def compile_native(env: SyncEnvironment, source: str) -> Callable[[dict[str, Any]], Any]:
-    """Compile one template into a function of a context that returns its native value."""
-    tree = nodes.Template([_assignment("value", env.parse(source))], lineno=1)
-    tree.set_environment(env)
-    template = env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
+class CompiledMapping(CompiledTemplates):
+    """Maps source records to output records; built once per run, called once per record."""
 
-    def render(context: dict[str, Any]) -> Any:
-        ctx = template.new_context(context)
-        for _ in template.root_render_func(ctx):
-            pass
-        value = ctx.vars["value"]
-        if isinstance(value, Undefined):
-            value._fail_with_undefined_error()
-        if type(value) in _NOT_DATA:
-            if type(value) in _ITERATORS:
-                raise FilterError("the template gives an iterator, not a value; add | list")
-            raise FilterError("the template gives a method, not a value: the record has no field of that name "
-                              "(a name such as values, items or get is also a method of every record)")
-        return value
+    def __init__(self, env: SyncEnvironment, fields: list[FieldTemplate], *,
+                 key_fields: tuple[str, ...], key_template: tuple[str, str] | None,
+                 filter_template: tuple[str, str] | None, context: Mapping[str, Any]) -> None:
+        super().__init__(env, fields, context=context, key_fields=key_fields, key_template=key_template,
+                         filter_template=filter_template)
+        self.output_names = tuple(dict.fromkeys(str(f.path[0]) for f in fields))
+
+    def map(self, record: dict[str, Any]) -> MappedRecord | None:
+        """The mapped record, or ``None`` when ``filter:`` drops it; raises :class:`RecordError`."""
+        # evaluate(), inlined: this runs once per record, and a call less is a few percent of a small mapping.
+        result: tuple[dict[str, Any], Any] | None | object = _JINJA
+        if self._fast is not None:
+            try:
+                result = self._fast(record)
+            except Exception:  # noqa: BLE001, S110 - not swallowed: the Jinja path below gives the value or the error
+                pass
+        if result is _JINJA:
+            result = self._render(record)
+        if result is None:
+            return None
+        values: dict[str, Any] = result[0]  # type: ignore[index]
+        return MappedRecord(record_key(values, self.key_fields, result[1], self._key_at), values)  # type: ignore[index]
+
+
+@overload
+def compile_template(env: SyncEnvironment, source: str, *, context: Mapping[str, Any] | None = None,
+                     text: Literal[False] = False) -> Callable[..., Any]: ...
+
+
+@overload
+def compile_template(env: SyncEnvironment, source: str, *, context: Mapping[str, Any] | None = None,
+                     text: Literal[True]) -> Callable[..., str]: ...
+
+
+def compile_template(env: SyncEnvironment, source: str, *, context: Mapping[str, Any] | None = None,
+                     text: bool = False) -> Callable[..., Any]:
+    """One template through :class:`CompiledTemplates`: a function of the names that change per call.
+
+    ``context`` holds the names fixed when it is compiled; the function takes the others as keywords
+    (``render(record=r)``) and returns the template's native value, or its text when ``text``. An
+    error is the template's own (a missing field's ``no field 'x'``, a limit, a filter's).
+    """
+    return CompiledTemplates(env, [FieldTemplate(("value",), source, "", True)], context=context or {},
+                             text=text).value
+
+
+def _one(env: SyncEnvironment, source: str, text: bool = False) -> Callable[[Mapping[str, Any]], Any]:
+    """One template on the Jinja path alone, as a function of all its names (to explain a failed set)."""
+    compiled = CompiledSlots(env, [Slot("value", env.parse(source), text)])
+
+    def render(names: Mapping[str, Any]) -> Any:
+        return _checked(compiled.run_with(names)["value"])
 
     return render
+
+
+def _checked(value: Any) -> Any:
+    """A template's value as data: a missing field raises its own error, a method or an iterator is an error."""
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    if type(value) in _NOT_DATA:
+        if type(value) in _ITERATORS:
+            raise FilterError("the template gives an iterator, not a value; add | list")
+        raise FilterError("the template gives a method, not a value: the record has no field of that name "
+                          "(a name such as values, items or get is also a method of every record)")
+    return value
 
 
 def _message(exc: BaseException) -> str:
@@ -379,11 +447,10 @@ class IdentityMapping:
     fields: list[FieldTemplate] = []
     output_names: tuple[str, ...] | None = None
 
-    def __init__(self, key_fields: tuple[str, ...], key_template: Callable[[dict[str, Any]], Any] | None,
-                 context: Mapping[str, Any]) -> None:
+    def __init__(self, key_fields: tuple[str, ...], key_template: Callable[..., Any] | None) -> None:
         self.key_fields = key_fields
         self._key_template = key_template
-        self._context = dict(context)
+        """The key template from :func:`compile_template`, its run's names compiled in."""
 
     def map(self, record: dict[str, Any]) -> MappedRecord | None:
         """The record itself, keyed."""
@@ -391,7 +458,7 @@ class IdentityMapping:
         if not self.key_fields:
             assert self._key_template is not None
             try:
-                template_key = self._key_template({**self._context, "record": record})
+                template_key = self._key_template(record=record)
             except Exception as exc:  # noqa: BLE001 - reported as a record error
                 raise RecordError(_message(exc), field="key") from None
         return MappedRecord(record_key(record, self.key_fields, template_key, None), dict(record))

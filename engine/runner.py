@@ -37,7 +37,7 @@ from engine.interfaces import (
     SourceStream,
     StreamContext,
 )
-from engine.mapping import CompiledMapping, IdentityMapping, compile_native
+from engine.mapping import CompiledMapping, IdentityMapping, compile_template
 from engine.retry import Backoff
 from engine.state_store import StateStore
 from engine.sync_loop import DeadLetterSource, SyncLoop
@@ -223,7 +223,7 @@ class Engine:
                         self.redactor.add(value)
                     return value
                 try:
-                    rendered = self.env.from_string(value).render(context)
+                    rendered = compile_template(self.env, value, context=context, text=True)()
                 except SyncEngineError:
                     raise
                 except Exception as exc:
@@ -302,8 +302,8 @@ class Engine:
         """The sync's mapping compiled for this run."""
         context = {"vars": self.pipeline.vars, "env": EnvView(), "run": run}
         if sync.fields is None:
-            key_fn = compile_native(self.env, sync.key_template[0]) if sync.key_template else None
-            return IdentityMapping(sync.key_fields, key_fn, context)
+            key_fn = compile_template(self.env, sync.key_template[0], context=context) if sync.key_template else None
+            return IdentityMapping(sync.key_fields, key_fn)
         return CompiledMapping(self.env, list(sync.fields), key_fields=sync.key_fields,
                                key_template=sync.key_template, filter_template=sync.filter_template,
                                context=context)

@@ -44,7 +44,7 @@ from engine.interfaces import (
     StreamingDestinationStream,
     WholeRead,
 )
-from engine.mapping import CompiledMapping, IdentityMapping, compile_native
+from engine.mapping import CompiledMapping, IdentityMapping, compile_template
 from engine.state_store import TOMBSTONE
 from engine.sync_state import COUNTER_OF, UNREADABLE, DeadRow, Pending, SyncState
 
@@ -451,12 +451,12 @@ class SyncLoop:
         when = self.sync.delete_when
         if when is None:
             return None
-        render = compile_native(self.engine.env, when[0])
         base = {"vars": self.engine.pipeline.vars, "run": RunInfo(self.engine.run_id, self.engine.started_at)}
+        render = compile_template(self.engine.env, when[0], context=base)
 
         def condition(key: str, memo: Mapping[str, Any] | None) -> bool:
             try:
-                return bool(render({**base, "record": memo}))
+                return bool(render(record=memo))
             except Exception as exc:  # noqa: BLE001 - a condition that cannot decide keeps the record
                 log.warning("delete_when could not be evaluated for key %s at %s: %s", key, when[1], exc)
                 return False

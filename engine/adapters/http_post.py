@@ -47,6 +47,7 @@ from engine.adapters.http_client import (
 )
 from engine.errors import ConfigError
 from engine.interfaces import CREATE, DELETE, UPDATE, Change, Outcome, StreamContext
+from engine.mapping import compile_template
 from engine.registry import REGISTRY
 from engine.templating import EnvView, make_environment
 from engine.typed_config import option
@@ -159,7 +160,8 @@ class HttpPostStream:
         self.idempotency_header = config.idempotency_header
         self.key_context = {"sync": ctx.sync, "table": self.table, "vars": ctx.vars, "env": EnvView(), "run": ctx.run}
         # Compiled once per stream; rendered per request (a retry renders the same value again).
-        self.key_template = (make_environment(ctx.base_dir).from_string(options.idempotency_key)
+        self.key_template = (compile_template(make_environment(ctx.base_dir), options.idempotency_key,
+                                              context=self.key_context, text=True)
                              if self.idempotency_header else None)
 
     def write(self, changes: Sequence[Change]) -> list[Outcome]:
@@ -303,8 +305,7 @@ class HttpPostStream:
                           separators=(",", ":"))
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
         try:
-            value = self.key_template.render(self.key_context, key=change.key, hash=digest,
-                                             action=change.action).strip()
+            value = self.key_template(key=change.key, hash=digest, action=change.action).strip()
         except Exception as exc:  # noqa: BLE001 - a template error is this record's failure
             raise _KeyFailed(f"idempotency_key: {getattr(exc, 'message', None) or exc}") from exc
         if not value:

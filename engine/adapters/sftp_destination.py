@@ -26,6 +26,7 @@ from typing import Any, Literal
 from engine.adapters.sftp_connection import LazySession, SftpConnectionConfig, SftpSession
 from engine.errors import RunFailed, TransientError
 from engine.interfaces import DELETE, Change, StreamContext
+from engine.mapping import compile_template
 from engine.registry import REGISTRY
 from engine.templating import EnvView, make_environment
 from engine.typed_config import option
@@ -211,7 +212,7 @@ class SftpDestination:
         """Name the run's file and check the server now, so a refusal comes before anything is staged."""
         context = {"run": ctx.run, "vars": getattr(ctx, "vars", {}), "env": EnvView()}
         try:
-            filename = self.env.from_string(options.filename).render(context).strip()
+            filename = compile_template(self.env, options.filename, context=context, text=True)().strip()
         except Exception as exc:  # noqa: BLE001 - any template failure is a configuration problem of this sync
             raise RunFailed(f"filename template of sync {ctx.sync}: {getattr(exc, 'message', None) or exc}") from exc
         if not filename or "/" in filename or filename.startswith("."):

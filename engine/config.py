@@ -353,6 +353,8 @@ class _Checker:
         key_fields: tuple[str, ...] = ()
         key_template: tuple[str, str] | None = None
         key_path = (*path, "key")
+        if key is None and "key" in block:
+            return None  # `key:` with no value: the envelope check has said so at its line
         if key is None:
             self.problems.append(self.located.problem(
                 path, "missing required key 'key' (the record key: an output field, a list of them, "

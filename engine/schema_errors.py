@@ -75,6 +75,9 @@ def _problems(error: ValidationError, located: Located, base: YamlPath) -> Itera
         return
     if error.validator == "enum":
         options = ", ".join(repr(v) for v in error.validator_value)
+        if instance is None:  # `mode:` with nothing after it
+            yield located.problem(path, f"no value given; expected one of {options}")
+            return
         hint = did_you_mean(instance, list(error.validator_value)) if isinstance(instance, str) else ""
         yield located.problem(path, f"{_show(instance, schema)} is not one of {options}{hint}")
         return

@@ -132,8 +132,10 @@ INVALID: dict[str, list[str]] = {
         'huge_number.yml:16:17: syncs.customers.batch_size: number too large (5,001 digits)',
     ],
     'key_no_value.yml': [
-        "key_no_value.yml:12:5: syncs.customers: missing required key 'key' (the record key: an output field, a list of them, or a template); it may also come from the mapping file",
         'key_no_value.yml:14:9: syncs.customers.key: expected text or a list, got null',
+    ],
+    'mode_no_value.yml': [
+        "mode_no_value.yml:15:10: syncs.customers.mode: no value given; expected one of 'upsert', 'insert', 'mirror'",
     ],
     'merge_key.yml': [
         'merge_key.yml:8:5: destinations.warehouse: YAML merge keys (<<) are not supported; repeat the values',

@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 COUNTERS = ("read", "creates", "updates", "deletes", "unchanged", "filtered", "skipped", "errors")
+"""What a run counts (one column each in ``runs``), in the order reports show them."""
 
 
 def _start_ticks(pid: int) -> str | None:

@@ -232,12 +232,12 @@ class SyncLoop:
         failed = [(error, record) for error, record in failed if error.key is None or error.key not in batch]
         counts = self.counts
         state = self.state
-        decision = state.decide(batch, everything=self.options.full_refresh)
-        counts["unchanged"] += len(decision.unchanged)
-        counts["skipped"] += len(decision.skipped)
         explain = self.explain
+        decision = state.decide(batch, everything=self.options.full_refresh, explain=explain is not None)
+        counts["unchanged"] += decision.unchanged
+        counts["skipped"] += len(decision.skipped)
         if explain is not None:
-            explain.update((k, (200, why)) for k, why in decision.unchanged.items())
+            explain.update((k, (200, why)) for k, why in decision.unchanged_why.items())
             explain.update((k, (200, why)) for k, why in decision.skipped.items())
         changes = decision.changes
         rejected: set[str] = set()

@@ -30,14 +30,12 @@ from typing import Any
 
 from engine.errors import DeleteGuardTripped
 from engine.interfaces import CREATE, DELETE, UPDATE, Change, Outcome
-from engine.state_store import TOMBSTONE, DeadLetter, StateStore
+from engine.state_store import COUNTERS, TOMBSTONE, DeadLetter, StateStore
 
 DeadRow = tuple[str, str | None, str | None, str | None, str, str | None, str | None]
 """(key, action, source record JSON, redacted payload JSON, message, field, template location)"""
 UNREADABLE = "unreadable"
 """The dead-letter action of a source row that could not be read into a record."""
-COUNTERS = ("read", "creates", "updates", "deletes", "unchanged", "filtered", "skipped", "errors")
-"""What a run counts, in the order reports show them."""
 COUNTER_OF = {CREATE: "creates", UPDATE: "updates", DELETE: "deletes"}
 
 
@@ -60,8 +58,10 @@ class Decision:
     """What the state says about one batch: the changes to send, and why the others are not sent."""
 
     changes: list[Change] = field(default_factory=list)
-    unchanged: dict[str, str] = field(default_factory=dict)
-    """Keys whose record the destination already holds (or whose delete it already had), with why."""
+    unchanged: int = 0
+    """How many records the destination already holds (or whose delete it already had)."""
+    unchanged_why: dict[str, str] = field(default_factory=dict)
+    """Per unchanged key, why (only when asked to explain: a receiver answers its sender with it)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Keys not sent by the sync's rules (insert-only, deletes outside mirror, late updates), with why."""
 
@@ -111,22 +111,29 @@ class SyncState:
 
     # --- what changed ----------------------------------------------------------------------------------
 
-    def decide(self, batch: Mapping[str, Pending], *, everything: bool = False) -> Decision:
-        """The changes of a batch to send (every key is marked seen for delete inference)."""
+    def decide(self, batch: Mapping[str, Pending], *, everything: bool = False, explain: bool = False) -> Decision:
+        """The changes of a batch to send (every key is marked seen for delete inference).
+
+        Only the keys the join returns (new or changed) are visited: an unchanged record costs no
+        Python work here, which is what makes a rerun with little changed cheap.
+        """
         known = self.store.changed(self.stream_id, [(key, p[1]) for key, p in batch.items()],
                                    everything=everything)
-        decision = Decision()
+        decision = Decision(unchanged=len(batch) - len(known))
+        if explain:
+            for key, pending in batch.items():
+                if key not in known:
+                    done = "already deleted" if pending[3] == DELETE else "unchanged"
+                    decision.unchanged_why[key] = f"'{key}' is {done}"
         key_fields = self.key_fields
-        for key, (values, _, _, action) in batch.items():
-            state = known.get(key)
-            if state is None:
-                if action == DELETE:
-                    decision.unchanged[key] = f"'{key}' is already deleted"
-                else:
-                    decision.unchanged[key] = f"'{key}' is unchanged"
-                continue
+        single = key_fields[0] if len(key_fields) == 1 else None
+        for key, state in known.items():
+            values, _, _, action = batch[key]
             live = state.known and not state.tombstone
-            key_values = {f: values.get(f) for f in key_fields} if key_fields else {"key": key}
+            if single is not None:  # the common case, without a comprehension per record
+                key_values = {single: values.get(single)}
+            else:
+                key_values = {f: values.get(f) for f in key_fields} if key_fields else {"key": key}
             if action == DELETE:
                 if self.mode != "mirror":
                     decision.skipped[key] = f"delete of '{key}' ignored: deletes apply only in mode: mirror"
@@ -166,12 +173,11 @@ class SyncState:
         """
         if self.dry:
             return
-        upserts: list[tuple[str, bytes, str | None, str | None]] = []
-        for change, digest, outcome in delivered:
-            if change.action == DELETE:
-                upserts.append((change.key, TOMBSTONE, None, None))
-            else:
-                upserts.append((change.key, digest, outcome.remote_id, self.memo(change.values)))
+        memo = self.memo if self.memo_fields else None
+        upserts: list[tuple[str, bytes, str | None, str | None]] = [
+            (change.key, TOMBSTONE, None, None) if change.action == DELETE
+            else (change.key, digest, outcome.remote_id, memo(change.values) if memo else None)
+            for change, digest, outcome in delivered]
         dead_keys = self.dead_keys
         resolved = [k for k in (*(u[0] for u in upserts), *deletes, *settled) if k in dead_keys] if dead_keys else []
         self.store.commit_batch(self.stream_id, self.run_row, counts, upserts=upserts, deletes=deletes, dead=dead,

@@ -34,8 +34,8 @@ def test_new_then_unchanged_then_changed(tmp_path: Path) -> None:
     first = s.decide({"a": pending("a")})
     assert [(c.action, c.key, c.key_values) for c in first.changes] == [(CREATE, "a", {"id": "a"})]
     deliver(s, first.changes, {"a": H1}, Outcome(True, remote_id="r-a"))
-    again = s.decide({"a": pending("a")})
-    assert again.changes == [] and again.unchanged == {"a": "'a' is unchanged"}
+    again = s.decide({"a": pending("a")}, explain=True)
+    assert again.changes == [] and again.unchanged == 1 and again.unchanged_why == {"a": "'a' is unchanged"}
     changed = s.decide({"a": pending("a", H2)})
     assert [(c.action, c.remote_id) for c in changed.changes] == [(UPDATE, "r-a")]
     everything = s.decide({"a": pending("a")}, everything=True)
@@ -60,8 +60,8 @@ def test_pushed_deletes_leave_tombstones_that_stop_late_updates(tmp_path: Path) 
     assert s.known_count() == 0
     late = s.decide({"a": pending("a", H2, UPDATE)})
     assert late.changes == [] and "late update" in late.skipped["a"]
-    twice = s.decide({"a": ({"id": "a"}, TOMBSTONE, None, DELETE)})
-    assert twice.changes == [] and twice.unchanged == {"a": "'a' is already deleted"}
+    twice = s.decide({"a": ({"id": "a"}, TOMBSTONE, None, DELETE)}, explain=True)
+    assert twice.changes == [] and twice.unchanged_why == {"a": "'a' is already deleted"}
     recreated = s.decide({"a": pending("a", H2, CREATE)})
     assert [(c.action, c.remote_id) for c in recreated.changes] == [(CREATE, None)]
     # A delete of a key the state never knew is still sent: the destination may hold it from elsewhere.

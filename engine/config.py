@@ -69,7 +69,7 @@ def _shipped(folder: str) -> Traversable:
     try:
         return resources.files(f"engine.{folder}")
     except ModuleNotFoundError:
-        return resources.files("engine").joinpath("..", folder)
+        return Path(str(resources.files("engine"))).resolve().parent / folder
 
 
 def load_schema(name: str) -> dict[str, Any]:

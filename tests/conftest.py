@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +66,26 @@ syncs:
     key: id
 {extra}""", encoding="utf-8")
     return path
+
+
+def write_syncs(folder: Path, syncs: dict[str, dict[str, str]],
+                records: list[dict[str, Any]] | None = None) -> tuple[Path, dict[str, int]]:
+    """A pipeline with one JSON Lines to SQLite sync per entry; returns it and each ``sync.field``'s line."""
+    (folder / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records or [{"id": "1"}]),
+                                     encoding="utf-8")
+    lines = ["version: 1", "sources:", "  files: {type: jsonl, path: in.jsonl}", "destinations:",
+             "  db: {type: sqlite, path: out.db}", "syncs:"]
+    found: dict[str, int] = {}
+    for sync, fields in syncs.items():
+        lines += [f"  {sync}:", "    source: files",
+                  f"    destination: {{name: db, table: {sync}, create_table: true}}",
+                  "    key: id", "    mapping:", "      fields:"]
+        for name, text in fields.items():
+            lines.append(f"        {name}: {json.dumps(text)}")
+            found[f"{sync}.{name}"] = len(lines)
+    path = folder / "p.yml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, found
 
 
 @pytest.fixture

@@ -14,32 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, rows, syncengine
+from conftest import Result, rows, syncengine, write_syncs
 
 from engine.interfaces import RunInfo
 from engine.limits import MAX_RECORD, MAX_VALUE
 from engine.mapping import CompiledMapping, FieldTemplate
 from engine.templating import make_environment
-
-
-def write_syncs(folder: Path, syncs: dict[str, dict[str, str]],
-                records: list[dict[str, Any]] | None = None) -> tuple[Path, dict[str, int]]:
-    """A pipeline with one JSON Lines to SQLite sync per entry; returns it and each ``sync.field``'s line."""
-    (folder / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records or [{"id": "1"}]),
-                                     encoding="utf-8")
-    lines = ["version: 1", "sources:", "  files: {type: jsonl, path: in.jsonl}", "destinations:",
-             "  db: {type: sqlite, path: out.db}", "syncs:"]
-    found: dict[str, int] = {}
-    for sync, fields in syncs.items():
-        lines += [f"  {sync}:", "    source: files",
-                  f"    destination: {{name: db, table: {sync}, create_table: true}}",
-                  "    key: id", "    mapping:", "      fields:"]
-        for name, text in fields.items():
-            lines.append(f"        {name}: {json.dumps(text)}")
-            found[f"{sync}.{name}"] = len(lines)
-    path = folder / "p.yml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path, found
 
 
 def cli(command: str, path: Path, *args: str, timeout: float = 120) -> Result:

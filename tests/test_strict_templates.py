@@ -11,32 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, csv_to_sqlite, rows, syncengine
+from conftest import Result, csv_to_sqlite, rows, syncengine, write_syncs
 
 GOOD = [{"id": "1", "address": " Main St ", "day": "2026-01-02", "amount": "1.50", "count": "12", "flag": "Y"},
         {"id": "2", "address": "Elm", "day": "2026-02-03", "amount": "2", "count": "7", "flag": "no"},
         {"id": "3", "address": "Oak", "day": "2026-03-04", "amount": "3.25", "count": "0", "flag": "1"}]
 TYPO = {"id": "4", "adress": "Typo St", "dya": "2026-04-05", "amuont": "4", "cuont": "9", "falg": "N"}
 """A record whose fields are misspelt: each template's field is missing from it, with a close name."""
-
-
-def write_syncs(folder: Path, syncs: dict[str, dict[str, str]],
-                records: list[dict[str, Any]]) -> tuple[Path, dict[str, int]]:
-    """A pipeline with one JSON Lines to SQLite sync (and table) per entry; returns it and each field's line."""
-    (folder / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    lines = ["version: 1", "sources:", "  files: {type: jsonl, path: in.jsonl}", "destinations:",
-             "  db: {type: sqlite, path: out.db}", "syncs:"]
-    found: dict[str, int] = {}
-    for sync, fields in syncs.items():
-        lines += [f"  {sync}:", "    source: files",
-                  f"    destination: {{name: db, table: {sync}, create_table: true}}",
-                  "    key: id", "    mapping:", "      fields:"]
-        for name, text in fields.items():
-            lines.append(f"        {name}: {json.dumps(text)}")
-            found[f"{sync}.{name}"] = len(lines)
-    path = folder / "p.yml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path, found
 
 
 def write_pipeline(folder: Path, fields: dict[str, str], records: list[dict[str, Any]],

@@ -35,7 +35,7 @@ from engine.logs import log_context
 from engine.registry import REGISTRY
 from engine.runner import DeadLetterSource, Engine, RunOptions, RunReport, SyncReport
 from engine.schema_errors import did_you_mean
-from engine.state_store import StateStore
+from engine.state_store import UNKNOWN, StateStore
 
 ENV_FILE_LIMIT = 1024 * 1024
 """The largest ``--env-file`` read (bytes); a larger one is refused unread."""
@@ -293,7 +293,8 @@ def retry(path: PipelineRef, sync: str, *, keys: Sequence[str] | None = None, st
             with log_context(run_id=runner.run_id, pipeline=pipeline.name):
                 stream = runner.store.stream_id(pipeline.name, sync)
                 letters = runner.store.dead_letters(stream, list(keys) if keys is not None else None)
-                records = [d.record for d in letters if d.record is not None]
+                # A held record (sent, outcome unknown) is never resent by a retry: someone decides first.
+                records = [d.record for d in letters if d.record is not None and d.state != UNKNOWN]
                 result = runner.run_sync(pipeline.syncs[sync], RunOptions(), replay=DeadLetterSource(records))
             return RunReport(pipeline.name, runner.run_id, False, {sync: result})
         finally:
@@ -341,11 +342,13 @@ class SyncStatus:
     cursor: str | None
     dead_letters: int
     last_run: dict[str, Any] | None
+    held: int = 0
+    """Dead letters whose outcome is unknown (not sent again until someone decides)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as ``status --json`` prints it."""
         return {"sync": self.sync, "known": self.known, "cursor": self.cursor, "dead_letters": self.dead_letters,
-                "last_run": self.last_run}
+                "held": self.held, "last_run": self.last_run}
 
 
 def status(path: PipelineRef, *, state: str | Path | None = None,
@@ -360,7 +363,7 @@ def status(path: PipelineRef, *, state: str | Path | None = None,
                 rows.append(SyncStatus(name, 0, None, 0, None))
                 continue
             rows.append(SyncStatus(name, store.known_count(stream), store.cursor(stream),
-                                   len(store.dead_keys(stream)), store.last_run(stream)))
+                                   len(store.dead_keys(stream)), store.last_run(stream), len(store.held_keys(stream))))
     return rows
 
 
@@ -386,12 +389,14 @@ class DeadLetterEntry:
     last_failed_at: str
     payload: Any
     """The rendered record, secrets masked."""
+    state: str = "failed"
+    """``failed`` (retried by the next run), or ``unknown``: sent without a known outcome, held until decided."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as ``dead-letters --json`` prints it."""
-        return {"sync": self.sync, "key": self.key, "action": self.action, "error": self.error, "field": self.field,
-                "location": self.location, "attempts": self.attempts, "last_failed_at": self.last_failed_at,
-                "payload": self.payload}
+        return {"sync": self.sync, "key": self.key, "state": self.state, "action": self.action, "error": self.error,
+                "field": self.field, "location": self.location, "attempts": self.attempts,
+                "last_failed_at": self.last_failed_at, "payload": self.payload}
 
 
 def dead_letters(path: PipelineRef, *, syncs: Sequence[str] = (), state: str | Path | None = None,
@@ -405,19 +410,24 @@ def dead_letters(path: PipelineRef, *, syncs: Sequence[str] = (), state: str | P
             stream = store.find_stream(pipeline.name, name)
             for d in store.dead_letters(stream) if stream is not None else []:
                 rows.append(DeadLetterEntry(name, d.key, d.action, d.error, d.field, d.location, d.attempts,
-                                            d.last_failed_at, d.payload))
+                                            d.last_failed_at, d.payload, d.state))
     return rows
 
 
 def discard_dead_letters(path: PipelineRef, sync: str, keys: str | Sequence[str], *, state: str | Path | None = None,
-                         variables: Mapping[str, Any] | None = None) -> int:
+                         variables: Mapping[str, Any] | None = None, sent: bool = False) -> int:
     """Forget dead letters of a sync by key (they are not retried again); returns how many.
+
+    With ``sent``, the keys must be held ones (outcome unknown) and are settled as carried out: what was
+    sent becomes the known record, so it is never sent again. Without it, a held record's dead letter is
+    forgotten and the next run sends the record again.
 
     All or nothing: a key without a dead letter is a :class:`ConfigError` naming it, and then none is forgotten.
     """
     wanted = list(dict.fromkeys([keys] if isinstance(keys, str) else keys))
+    verb = "mark as sent" if sent else "discard"
     if not wanted:
-        raise ConfigError("name the key of at least one dead letter to discard")
+        raise ConfigError(f"name the key of at least one dead letter to {verb}")
     pipeline = _pipeline(path, variables)
     check_syncs(pipeline, [sync])
     target = _state_file(pipeline, state)
@@ -427,14 +437,15 @@ def discard_dead_letters(path: PipelineRef, sync: str, keys: str | Sequence[str]
         try:
             stream = store.find_stream(pipeline.name, sync)
             if stream is not None:
-                unknown = store.discard_dead_letters(stream, wanted)
-                have = sorted(store.dead_keys(stream)) if unknown else []
+                unknown = store.mark_sent(stream, wanted) if sent else store.discard_dead_letters(stream, wanted)
+                have = sorted(store.held_keys(stream) if sent else store.dead_keys(stream)) if unknown else []
         finally:
             store.close()
     if unknown:
         hint = did_you_mean(unknown[0], have) if len(unknown) == 1 else ""
-        raise ConfigError(f"sync '{sync}' has no dead letter with key {', '.join(repr(k) for k in unknown)}{hint}; "
-                          "nothing was discarded")
+        kind = "held dead letter (outcome unknown)" if sent else "dead letter"
+        raise ConfigError(f"sync '{sync}' has no {kind} with key {', '.join(repr(k) for k in unknown)}{hint}; "
+                          f"nothing was {'marked as sent' if sent else 'discarded'}")
     return len(wanted)
 
 

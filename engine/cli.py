@@ -280,19 +280,31 @@ def retry(pipeline: PipelineArg, sync: Annotated[str, typer.Option("--sync", "-s
 def dead_letters(pipeline: PipelineArg, sync: SyncOpt = None,
                  discard: Annotated[list[str] | None, typer.Option(
                      "--discard", metavar="KEY", show_default=False,
-                     help="Forget the dead letter with this key instead of listing (repeatable; needs one --sync).")
+                     help="Forget the dead letter with this key instead of listing (repeatable; needs one --sync). "
+                          "A held record (outcome unknown) is then sent again by the next run.")
+                 ] = None,
+                 mark_sent: Annotated[list[str] | None, typer.Option(
+                     "--mark-sent", metavar="KEY", show_default=False,
+                     help="A held record (outcome unknown) was carried out: record it as sent, never send it again "
+                          "(repeatable; needs one --sync).")
                  ] = None,
                  state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
-    """List the records that failed and wait for a retry, or forget some (--discard)."""
-    if discard:
+    """List the records that failed or are held (outcome unknown), or decide about some (--discard, --mark-sent)."""
+    if discard or mark_sent:
+        if discard and mark_sent:
+            raise ConfigError("use --discard or --mark-sent, not both at once")
         if len(sync or []) != 1:
-            raise ConfigError("--discard needs exactly one --sync: the sync the keys belong to")
+            flag = "--discard" if discard else "--mark-sent"
+            raise ConfigError(f"{flag} needs exactly one --sync: the sync the keys belong to")
         name = (sync or [""])[0]
-        count = api.discard_dead_letters(pipeline, name, discard, state=state, variables=_vars(var))
+        sent = bool(mark_sent)
+        count = api.discard_dead_letters(pipeline, name, mark_sent or discard or [], state=state,
+                                         variables=_vars(var), sent=sent)
+        verb = "marked as sent" if sent else "discarded"
         if as_json:
-            out.print(json.dumps({"sync": name, "discarded": count}), markup=False)
+            out.print(json.dumps({"sync": name, "marked_sent" if sent else "discarded": count}), markup=False)
         else:
-            out.print(f"{name}: discarded {count} dead letter{'s' if count != 1 else ''}", markup=False)
+            out.print(f"{name}: {verb} {count} dead letter{'s' if count != 1 else ''}", markup=False)
         return
     rows = [d.to_dict() for d in api.dead_letters(pipeline, syncs=sync or (), state=state, variables=_vars(var))]
     if as_json:
@@ -301,7 +313,8 @@ def dead_letters(pipeline: PipelineArg, sync: SyncOpt = None,
     if not rows:
         out.print("no dead letters", markup=False)
     for row in rows:
-        out.print(f"{row['sync']}: {row['key']}: {row['error']} (attempts {row['attempts']}, "
+        held = "[outcome unknown, held] " if row["state"] == "unknown" else ""
+        out.print(f"{row['sync']}: {row['key']}: {held}{row['error']} (attempts {row['attempts']}, "
                   f"last {row['last_failed_at']})", markup=False)
 
 
@@ -322,7 +335,8 @@ def status(pipeline: PipelineArg, state: StateOpt = None, as_json: JsonOpt = Fal
         table.add_column(column)
     for row in result:
         run = row.last_run or {}
-        table.add_row(row.sync, str(row.known), str(row.cursor or "-"), str(row.dead_letters),
+        dead = f"{row.dead_letters} ({row.held} held)" if row.held else str(row.dead_letters)
+        table.add_row(row.sync, str(row.known), str(row.cursor or "-"), dead,
                       str(run.get("started_at", "never")), str(run.get("status", "-")))
     out.print(table)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import PipelineInvalid, Problem
+from engine.interfaces import ChecksOutput
 from engine.mapping import FieldTemplate
 from engine.registry import REGISTRY, AdapterSpec, Registry, Role
 from engine.schema_errors import did_you_mean, validate_block
@@ -98,6 +99,22 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class GroupSpec:
+    """A mapping's ``group:``: adjacent source rows with the same ``by`` value become one record.
+
+    The mapping's ``fields`` render over the group's first row; ``fields`` here render once per row
+    into the list at ``into`` (``LineItems``: order lines from a CSV become one order's items).
+    ``by`` is a source field name, or a template over ``record`` (with its location).
+    """
+
+    by: str
+    by_is_template: bool
+    into: tuple[str, ...]
+    fields: tuple[FieldTemplate, ...]
+    location: str
+
+
+@dataclass(frozen=True)
 class SyncSpec:
     """One sync, validated and typed."""
 
@@ -120,6 +137,7 @@ class SyncSpec:
     memo_fields: tuple[str, ...] = ()
     max_error_share: float = 0.5
     max_errors: int | None = None
+    group: GroupSpec | None = None
 
     @property
     def deletes_missing(self) -> bool:
@@ -153,6 +171,7 @@ class _Checker:
         self.env = make_environment(base_dir)
         self.vars: dict[str, Any] = {}
         self.secret_env: set[str] = set()
+        self.last_group: GroupSpec | None = None
 
     def at(self, path: YamlPath, located: Located | None = None) -> str:
         loc = located or self.located
@@ -255,12 +274,26 @@ class _Checker:
                   "or among the shipped mappings"))
         return None
 
+    def group(self, value: Any, path: YamlPath, loc: Located) -> GroupSpec | None:
+        """A mapping's ``group:`` block (its shape was checked by the schema), or ``None`` when it is wrong."""
+        by, into, fields = value["by"], value["into"], value["fields"]
+        by_template = is_template(by)
+        if by_template and not self.template(by, (*path, "by"), ("record", "vars", "env"), loc):
+            return None
+        leaves: list[FieldTemplate] = []
+        ok = all([self._leaves((name,), v, (*path, "fields", name), loc, leaves) for name, v in fields.items()])
+        if not ok:
+            return None
+        return GroupSpec(by, by_template, tuple(into.split(".")), tuple(leaves), self.at(path, loc))
+
     def mapping(self, sync_path: YamlPath, spec: Any) -> tuple[list[FieldTemplate] | None, Any, Any, bool]:
-        """(fields, filter (source, location), default key, ok) of a sync's mapping."""
+        """(fields, filter (source, location), default key, ok) of a sync's mapping; its ``group:`` goes to
+        ``self.last_group``."""
         fields: dict[str, tuple[Any, YamlPath, Located]] = {}
         filter_template: tuple[str, str] | None = None
         default_key: Any = None
         ok = True
+        self.last_group = None
         file_ref = spec if isinstance(spec, str) else spec.get("file") if isinstance(spec, dict) else None
         if file_ref is not None and not isinstance(file_ref, str):
             return None, None, None, False  # the envelope check has said what is wrong
@@ -290,7 +323,13 @@ class _Checker:
                 else:
                     ok = False
             default_key = mloc.data.get("key")
+            if "group" in mloc.data:
+                self.last_group = self.group(mloc.data["group"], ("group",), mloc)
+                ok = ok and self.last_group is not None
         if isinstance(spec, dict):
+            if isinstance(spec.get("group"), dict):
+                self.last_group = self.group(spec["group"], (*sync_path, "mapping", "group"), self.located)
+                ok = ok and self.last_group is not None
             overrides = spec.get("fields")
             if overrides is not None and not isinstance(overrides, dict):
                 return None, None, None, False  # the envelope check has said what is wrong
@@ -315,6 +354,13 @@ class _Checker:
         leaves: list[FieldTemplate] = []
         for name, (value, path, loc) in fields.items():
             ok = self._leaves((name,), value, path, loc, leaves) and ok
+        group = self.last_group
+        if group is not None and any(f.path[:len(group.into)] == group.into for f in leaves):
+            at = next(f.location for f in leaves if f.path[:len(group.into)] == group.into)
+            self.problems.append(Problem(*_file_line(group.location), format_path((*sync_path, "mapping")),
+                                         f"'{'.'.join(group.into)}' is both a field and the group's `into` (at {at}); "
+                                         "the group's rows fill it"))
+            ok = False
         return leaves, filter_template, default_key, ok
 
     def _leaves(self, out_path: tuple[str | int, ...], value: Any, path: YamlPath, loc: Located,
@@ -335,6 +381,24 @@ class _Checker:
             return good
         leaves.append(FieldTemplate(out_path, value, self.at(path, loc), False))
         return True
+
+    def output_problems(self, sync_path: YamlPath, options: ChecksOutput, fields: list[FieldTemplate],
+                        group: GroupSpec | None) -> bool:
+        """The destination's own check of what the mapping makes (field names, required ones, shapes)."""
+        leaves: dict[tuple[str | int, ...], str] = {f.path: f.location for f in fields}
+        if group is not None:
+            leaves.update({(*group.into, "*", *f.path): f.location for f in group.fields})
+        found = options.check_output(list(leaves))
+        for at, message in found:
+            location = None
+            if at is not None:
+                # A missing member points at its parent's first leaf (DeliveryDetail's, for AddressLine1).
+                location = leaves.get(at) or next((loc for p, loc in leaves.items() if p[:len(at) - 1] == at[:-1]
+                                                   and len(at) > 1), None)
+            file, line, col = _file_line(location or (group.location if group else None) or self.at(sync_path))
+            shown = ".".join(str(p) for p in at) if at else format_path((*sync_path, "mapping"))
+            self.problems.append(Problem(file, line, col, shown, message))
+        return not found
 
     def sync(self, name: str, block: Any, sources: dict[str, Endpoint], destinations: dict[str, Endpoint],
              declared_sources: dict[str, Any], declared_destinations: dict[str, Any]) -> SyncSpec | None:
@@ -392,6 +456,8 @@ class _Checker:
                 memo_fields = tuple(sorted({a for a, _ in attribute_uses(ast, "record")}))
             else:
                 mapping_ok = False
+        if dst is not None and fields is not None and mapping_ok and isinstance(dst[1], ChecksOutput):
+            mapping_ok = self.output_problems(path, dst[1], fields, self.last_group) and mapping_ok
         envelope = f"syncs.{name}"
         if src is None or dst is None or not mapping_ok or any(
                 p.path == envelope or p.path.startswith((f"{envelope}.", f"{envelope}[")) for p in self.problems):
@@ -405,7 +471,13 @@ class _Checker:
             max_error_share=float(block.get("max_error_share", 0.5)),
             max_errors=block.get("max_errors"),
             enabled=bool(block.get("enabled", True)), location=self.at(path),
-            delete_when=delete_when, memo_fields=memo_fields)
+            delete_when=delete_when, memo_fields=memo_fields, group=self.last_group)
+
+
+def _file_line(location: str) -> tuple[str, int, int]:
+    """(file, line, column) of a ``file:line`` location."""
+    file, _, line = location.rpartition(":")
+    return file, int(line) if line.isdigit() else 1, 1
 
 
 def _discovered_field_problems(file: Path, located: Located, data: dict[str, Any],

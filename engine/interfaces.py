@@ -59,6 +59,10 @@ class StreamContext:
     vars: Mapping[str, Any] = field(default_factory=dict)
     warn: Callable[[str], None] = field(default=lambda message: None)
     """Tell the user something is off without failing the sync (a glob that matched no file)."""
+    state_dir: Path | None = None
+    """The folder of the state store: where an adapter keeps a lock file shared by processes on this machine."""
+    delivered_keys: Callable[[str], list[str]] = field(default=lambda sync: [])
+    """The keys another sync of the pipeline has delivered (a source reading back what a destination sent)."""
 
 
 @dataclass(slots=True)
@@ -80,12 +84,19 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The destination's answer for one change."""
+    """The destination's answer for one change.
+
+    ``unknown`` (with ``ok`` false) says the destination cannot tell whether the change was carried
+    out: the request left but its answer was lost, and the operation can neither be read back nor
+    repeated safely. The record is then *held*: a dead letter that no run sends again until
+    someone decides (``syncengine dead-letters --mark-sent`` or ``--discard``).
+    """
 
     ok: bool
     remote_id: str | None = None
     error: str | None = None
     field: str | None = None
+    unknown: bool = False
 
 
 OK = Outcome(True)
@@ -101,6 +112,33 @@ class Acknowledging(Protocol):
     """
 
     def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None: ...
+
+
+@runtime_checkable
+class AtMostOnce(Protocol):
+    """A destination stream whose writes must never be repeated blindly (an optional capability).
+
+    When ``at_most_once`` is true, the engine records each change as *outcome unknown* in the
+    state before it is sent, and each answer replaces that record. A crash between the send and
+    the commit of its answer leaves the change held (see :class:`Outcome` ``unknown``) instead of
+    sending it again: for operations with no way to read back what was done (an iSync credit note).
+    """
+
+    at_most_once: bool
+
+
+@runtime_checkable
+class ChecksOutput(Protocol):
+    """Destination options that check a mapping's output before any record exists (an optional capability).
+
+    ``check_output`` gets the path of every output leaf (``("DeliveryDetail", "City")``; ``"*"``
+    stands for any item of a list a group fills) and returns problems as (path, message), the path
+    naming the leaf to point at, or ``None`` for the mapping as a whole. ``syncengine validate``
+    reports them at the mapping's lines.
+    """
+
+    def check_output(self, paths: Sequence[tuple[str | int, ...]]) -> list[tuple[tuple[str | int, ...] | None, str]]:
+        ...
 
 
 @runtime_checkable

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import keyword
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -462,3 +462,122 @@ class IdentityMapping:
             except Exception as exc:  # noqa: BLE001 - reported as a record error
                 raise RecordError(_message(exc), field="key") from None
         return MappedRecord(record_key(record, self.key_fields, template_key, None), dict(record))
+
+
+GROUP = "syncengine_group"
+"""The key of a grouped record (``{GROUP: by value, "rows": [...]}``): the rows one record is made of."""
+MAX_GROUP_ROWS = 10_000
+"""Rows one group may hold: a group is kept in memory until its last row is read."""
+
+
+def is_group(record: Mapping[str, Any]) -> bool:
+    """Whether a record is a group of source rows (also after a dead letter stored it as JSON)."""
+    return GROUP in record and isinstance(record.get("rows"), list)
+
+
+def source_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The source rows a record was made of: a group's rows, or the record itself."""
+    return list(record["rows"]) if is_group(record) else [record]
+
+
+class GroupedMapping:
+    """Maps a group of adjacent source rows (order lines) to one record with a list of items (one order).
+
+    ``header`` renders the record's fields over the group's first row; ``items`` renders each row
+    into the list at ``into``. :meth:`group` turns a stream of rows into a stream of groups, holding
+    one group at a time: rows of one group must be adjacent, and a group that comes back after
+    another started is a record error (the source must be sorted by ``by``), never a second record.
+    """
+
+    def __init__(self, header: CompiledMapping, items: CompiledTemplates, *, by: str, by_template: Callable[..., Any]
+                 | None, into: tuple[str, ...], location: str) -> None:
+        self.header = header
+        self.items = items
+        self.by = by
+        self._by_template = by_template
+        self.into = into
+        self.location = location
+        self.key_fields = header.key_fields
+        self.fields = header.fields
+        self.output_names = tuple(dict.fromkeys((*header.output_names, into[0])))
+
+    def group_of(self, row: dict[str, Any]) -> Any:
+        """The ``by`` value of one row; raises :class:`RecordError`."""
+        if self._by_template is None:
+            if self.by not in row:
+                raise RecordError(f"no field '{self.by}' to group by", field=self.by, location=self.location)
+            value = row[self.by]
+        else:
+            try:
+                value = self._by_template(record=row)
+            except Exception as exc:  # noqa: BLE001 - reported as the row's error
+                raise RecordError(f"group.by: {_message(exc)}", location=self.location) from None
+        if value is None or value == "":
+            raise RecordError("the group value (group.by) is empty", field="group.by", location=self.location)
+        return value
+
+    def group(self, rows: Iterator[dict[str, Any] | RecordError]) -> Iterator[dict[str, Any] | RecordError]:
+        """Adjacent rows with one ``by`` value as one grouped record; an already grouped record passes as it is."""
+        current: Any = None
+        members: list[dict[str, Any]] = []
+        closed: set[str] = set()
+
+        def done() -> dict[str, Any]:
+            closed.add(repr(current))
+            return {GROUP: current, "rows": members}
+
+        for row in rows:
+            if row.__class__ is not dict and isinstance(row, RecordError):
+                yield row
+                continue
+            assert isinstance(row, dict)
+            if is_group(row):
+                yield row
+                continue
+            try:
+                value = self.group_of(row)
+            except RecordError as exc:
+                exc.raw = row
+                yield exc
+                continue
+            if members and value == current:
+                if len(members) >= MAX_GROUP_ROWS:
+                    yield RecordError(f"group '{value}' has more than {MAX_GROUP_ROWS} rows", location=self.location,
+                                      raw=row)
+                    continue
+                members.append(row)
+                continue
+            if members:
+                yield done()
+            if repr(value) in closed:
+                yield RecordError(f"rows of group '{value}' are not together (another group came between them); "
+                                  f"sort the source by {self.by}", field="group.by", location=self.location, raw=row)
+                members, current = [], None
+                continue
+            current, members = value, [row]
+        if members:
+            yield done()
+
+    def map(self, record: dict[str, Any]) -> MappedRecord | None:
+        """The record of one group: the header over the first row, one item per row; raises :class:`RecordError`."""
+        rows = source_rows(record)
+        mapped = self.header.map(rows[0])
+        if mapped is None:
+            return None
+        items: list[dict[str, Any]] = []
+        into = ".".join(self.into)
+        for i, row in enumerate(rows):
+            try:
+                result = self.items.evaluate(row)
+            except RecordError as exc:
+                raise RecordError(exc.message, key=mapped.key,
+                                  field=f"{into}[{i}]" + (f".{exc.field}" if exc.field else ""),
+                                  location=exc.location) from None
+            if result is not None:
+                items.append(dict(result[0]))
+        _put(mapped.values, self.into, items)
+        return mapped
+
+
+AnyMapping = CompiledMapping | IdentityMapping | GroupedMapping
+"""What a sync maps its records with."""

@@ -42,7 +42,7 @@ from engine.interfaces import (
     PushSource,
     RunInfo,
 )
-from engine.mapping import CompiledMapping, IdentityMapping
+from engine.mapping import AnyMapping, CompiledMapping
 from engine.retry import Backoff
 from engine.runner import Engine, RunOptions, SyncReport
 from engine.sync_loop import SyncLoop
@@ -100,7 +100,7 @@ class PushSync:
 
 
 def _key_mapping(engine: Engine, sync: SyncSpec, run: RunInfo,
-                 full: CompiledMapping | IdentityMapping) -> CompiledMapping | IdentityMapping:
+                 full: AnyMapping) -> AnyMapping:
     """A mapping of only the key fields: a delete may carry nothing but the key."""
     if sync.fields is None:
         return full

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 from engine.config import Endpoint, Pipeline, SyncSpec, is_secret_path
@@ -37,8 +38,16 @@ from engine.interfaces import (
     SourceStream,
     StreamContext,
 )
-from engine.mapping import CompiledMapping, IdentityMapping, compile_template
+from engine.mapping import (
+    AnyMapping,
+    CompiledMapping,
+    CompiledTemplates,
+    GroupedMapping,
+    IdentityMapping,
+    compile_template,
+)
 from engine.retry import Backoff
+from engine.schema_errors import did_you_mean
 from engine.state_store import StateStore
 from engine.sync_loop import DeadLetterSource, SyncLoop
 from engine.sync_state import SyncState, new_counts
@@ -85,13 +94,15 @@ class SyncReport:
     """What a user should know about the run (a previous run was interrupted, deletes were skipped)."""
     deletes_inferred: bool | None = None
     """Whether missing keys were checked for deletes (``None``: the sync does not delete)."""
+    unknown: int = 0
+    """Records sent in this run whose outcome is unknown (held until someone decides)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
         out: dict[str, Any] = {"status": self.status, **self.counts, "seconds": round(self.seconds, 3),
                                "errors_detail": self.errors, "message": self.message, "cursor": self.cursor,
                                "warnings": self.warnings, "notes": self.notes,
-                               "deletes_inferred": self.deletes_inferred}
+                               "deletes_inferred": self.deletes_inferred, "unknown": self.unknown}
         if self.samples:
             out["samples"] = self.samples
         return out
@@ -298,21 +309,36 @@ class Engine:
                 if slot not in self._configs:
                     self._configs[slot] = self.render_config(endpoint)
 
-    def mapping(self, sync: SyncSpec, run: RunInfo) -> CompiledMapping | IdentityMapping:
+    def mapping(self, sync: SyncSpec, run: RunInfo) -> AnyMapping:
         """The sync's mapping compiled for this run."""
         context = {"vars": self.pipeline.vars, "env": EnvView(), "run": run}
         if sync.fields is None:
             key_fn = compile_template(self.env, sync.key_template[0], context=context) if sync.key_template else None
             return IdentityMapping(sync.key_fields, key_fn)
-        return CompiledMapping(self.env, list(sync.fields), key_fields=sync.key_fields,
-                               key_template=sync.key_template, filter_template=sync.filter_template,
-                               context=context)
+        header = CompiledMapping(self.env, list(sync.fields), key_fields=sync.key_fields,
+                                 key_template=sync.key_template, filter_template=sync.filter_template,
+                                 context=context)
+        group = sync.group
+        if group is None:
+            return header
+        items = CompiledTemplates(self.env, group.fields, context=context)
+        by = compile_template(self.env, group.by, context=context) if group.by_is_template else None
+        return GroupedMapping(header, items, by=group.by, by_template=by, into=group.into, location=group.location)
 
-    def stream_context(self, sync: SyncSpec, mapping: CompiledMapping | IdentityMapping, run: RunInfo,
+    def stream_context(self, sync: SyncSpec, mapping: AnyMapping, run: RunInfo,
                        warn: Callable[[str], None] = lambda message: None) -> StreamContext:
         """What the sync's streams are told about it."""
         return StreamContext(self.pipeline.name, sync.name, self.pipeline.base_dir, sync.key_fields,
-                             mapping.output_names, run, log.getChild(sync.name), self.pipeline.vars, warn=warn)
+                             mapping.output_names, run, log.getChild(sync.name), self.pipeline.vars, warn=warn,
+                             state_dir=Path(self._state_path).resolve().parent if str(self._state_path) != ":memory:"
+                             else None, delivered_keys=self.delivered_keys)
+
+    def delivered_keys(self, sync: str) -> list[str]:
+        """The keys a sync of this pipeline has delivered, in key order (read back by another sync's source)."""
+        if sync not in self.pipeline.syncs:
+            raise ConfigError(f"unknown sync '{sync}'" + did_you_mean(sync, list(self.pipeline.syncs)))
+        stream = self.store.find_stream(self.pipeline.name, sync)
+        return [] if stream is None else self.store.keys(stream)
 
     # --- running -------------------------------------------------------------------------------------
 
@@ -351,6 +377,10 @@ class Engine:
         run = RunInfo(self.run_id, self.started_at, cursor)
         kind = "plan" if options.dry_run else ("retry" if replay else "apply")
         report.notes.extend(state.begin(kind, self.run_id, self.started_at.isoformat(timespec="seconds")))
+        if state.held and not replay:
+            report.notes.append(f"{len(state.held)} record(s) are held: sent earlier without a known outcome, they "
+                                "are not sent again until decided (syncengine dead-letters --sync "
+                                f"{sync.name}, then --mark-sent KEY or --discard KEY)")
 
         def warn(message: str) -> None:
             text = self.redactor.text(message)
@@ -374,6 +404,9 @@ class Engine:
                 raise RunFailed(f"--strict: {report.warnings[0]}")
             report.cursor = None if options.dry_run or replay else source.finish()
             status = "partial" if report.counts["errors"] else "ok"
+            if report.unknown:
+                report.notes.append(f"{report.unknown} record(s) were sent without a known outcome and are held "
+                                    f"(syncengine dead-letters --sync {sync.name})")
         except ConnectError as exc:
             # A server that cannot be reached or refuses us would fail every later sync the same
             # way: the run ends after this one, with one line, instead of repeating it per sync.

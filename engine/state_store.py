@@ -6,6 +6,12 @@ records the new hashes, the run's progress and the batch's dead letters in one t
 crash before that commit makes the next run send the same batch again (the batch in flight); a
 crash after it loses nothing. The cursor advances only in :meth:`StateStore.finish_run`.
 
+A destination whose writes must not be repeated blindly (an operation that cannot be read back)
+turns that around for its changes: they are recorded as *outcome unknown* dead letters before they
+are sent (:meth:`StateStore.hold`), and each answer replaces that row. A crash leaves them held,
+so no later run sends them again until someone decides (``dead-letters --mark-sent`` or
+``--discard``).
+
 Change detection streams: each batch's (key, hash) pairs go into a temporary table and one join
 returns only the new and changed keys, so memory stays bounded whatever the number of records.
 The keys seen in a run accumulate in another temporary table (spilling to disk), from which a
@@ -78,12 +84,23 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts INTEGER NOT NULL DEFAULT 1,
     first_failed_at TEXT NOT NULL,
     last_failed_at TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'failed',
+    hash BLOB,
     PRIMARY KEY (stream_id, key)
 ) WITHOUT ROWID;
 """
 
+FAILED = "failed"
+"""A dead letter's state: the record failed and is retried by the next run or ``retry``."""
+UNKNOWN = "unknown"
+"""A dead letter's state: sent, but whether the destination carried it out is unknown; held until decided."""
+
 COUNTERS = ("read", "creates", "updates", "deletes", "unchanged", "filtered", "skipped", "errors")
 """What a run counts (one column each in ``runs``), in the order reports show them."""
+
+
+HeldRow = tuple[str, str | None, str | None, str | None, str, str | None, str | None, bytes]
+"""A dead letter whose outcome is unknown: the dead row's fields and the hash of what was sent."""
 
 
 def _start_ticks(pid: int) -> str | None:
@@ -139,6 +156,8 @@ class DeadLetter:
     attempts: int
     first_failed_at: str
     last_failed_at: str
+    state: str = FAILED
+    """``failed``, or ``unknown`` (sent without an answer: held, never resent until someone decides)."""
 
 
 @dataclass(slots=True)
@@ -193,6 +212,10 @@ class StateStore:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
         if "owner" not in columns:  # state made by an earlier version
             self.db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        dead_columns = {row[1] for row in self.db.execute("PRAGMA table_info(dead_letters)")}
+        if "state" not in dead_columns:  # dead letters made before held (outcome unknown) ones existed
+            self.db.execute("ALTER TABLE dead_letters ADD COLUMN state TEXT NOT NULL DEFAULT 'failed'")
+            self.db.execute("ALTER TABLE dead_letters ADD COLUMN hash BLOB")
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._temp_ready = False
 
@@ -225,6 +248,11 @@ class StateStore:
         """How many live records the state knows for a sync (tombstones are not counted)."""
         return int(self.db.execute("SELECT count(*) FROM records WHERE stream_id = ? AND hash <> ?",
                                    (stream_id, TOMBSTONE)).fetchone()[0])
+
+    def keys(self, stream_id: int) -> list[str]:
+        """The live keys a sync has delivered, in key order."""
+        return [r[0] for r in self.db.execute("SELECT key FROM records WHERE stream_id = ? AND hash <> ? ORDER BY key",
+                                              (stream_id, TOMBSTONE))]
 
     def lookup(self, stream_id: int, key: str) -> tuple[bytes, str | None] | None:
         """The stored (hash, remote id) of one key, or ``None``."""
@@ -314,20 +342,21 @@ class StateStore:
                      upserts: Sequence[tuple[str, bytes, str | None, str | None]] = (),
                      deletes: Sequence[str] = (),
                      dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]] = (),
-                     resolved: Sequence[str] = (), synced: bool = True) -> None:
+                     resolved: Sequence[str] = (), held: Sequence[HeldRow] = (), synced: bool = True) -> None:
         """Record an acknowledged batch, its dead letters and the run's progress in one transaction.
 
         ``synced=False`` commits without waiting for the disk (``synchronous = NORMAL``): the
         transaction survives the process being killed, and the next synced commit makes it (and every
         one before it) survive a power cut too. Per-record destinations use it for their group
-        commits, with a synced one every few hundred milliseconds.
+        commits, with a synced one every few hundred milliseconds. ``held`` are dead letters whose
+        outcome is unknown (a dead row plus the hash of what was sent).
         """
         db = self.db
         now = utc_now()
         if not synced:
             db.execute("PRAGMA synchronous = NORMAL")
         try:
-            self._commit_batch(stream_id, run_row, counts, upserts, deletes, dead, resolved, now)
+            self._commit_batch(stream_id, run_row, counts, upserts, deletes, dead, resolved, held, now)
         finally:
             if not synced:
                 db.execute("PRAGMA synchronous = FULL")
@@ -335,7 +364,7 @@ class StateStore:
     def _commit_batch(self, stream_id: int, run_row: int, counts: dict[str, int],
                       upserts: Sequence[tuple[str, bytes, str | None, str | None]], deletes: Sequence[str],
                       dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]],
-                      resolved: Sequence[str], now: str) -> None:
+                      resolved: Sequence[str], held: Sequence[HeldRow], now: str) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -349,15 +378,17 @@ class StateStore:
             if resolved:
                 db.executemany("DELETE FROM dead_letters WHERE stream_id = ? AND key = ?",
                                [(stream_id, k) for k in resolved])
-            if dead:
+            if dead or held:
                 db.executemany(
                     "INSERT INTO dead_letters (stream_id, key, action, record, payload, error, field, location, "
-                    "first_failed_at, last_failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "first_failed_at, last_failed_at, state, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (stream_id, key) DO UPDATE SET action = excluded.action, record = "
                     "coalesce(excluded.record, dead_letters.record), payload = excluded.payload, "
                     "error = excluded.error, field = excluded.field, location = excluded.location, "
-                    "attempts = dead_letters.attempts + 1, last_failed_at = excluded.last_failed_at",
-                    [(stream_id, *row, now, now) for row in dead])
+                    "attempts = dead_letters.attempts + 1, last_failed_at = excluded.last_failed_at, "
+                    "state = excluded.state, hash = excluded.hash",
+                    [(stream_id, *row, now, now, FAILED, None) for row in dead]
+                    + [(stream_id, *row[:7], now, now, UNKNOWN, row[7]) for row in held])
             self._progress(run_row, counts, "running", None, None)
             db.execute("COMMIT")
         except BaseException:
@@ -416,11 +447,66 @@ class StateStore:
         """A sync's dead letters (all, or those with the given keys)."""
         rows = self.db.execute(
             "SELECT key, action, record, payload, error, field, location, attempts, first_failed_at, "
-            "last_failed_at FROM dead_letters WHERE stream_id = ? ORDER BY first_failed_at, key",
+            "last_failed_at, state FROM dead_letters WHERE stream_id = ? ORDER BY first_failed_at, key",
             (stream_id,)).fetchall()
         wanted = set(keys) if keys is not None else None
-        return [DeadLetter(k, a, json.loads(r) if r else None, json.loads(p) if p else None, e, f, loc, n, t0, t1)
-                for k, a, r, p, e, f, loc, n, t0, t1 in rows if wanted is None or k in wanted]
+        return [DeadLetter(k, a, json.loads(r) if r else None, json.loads(p) if p else None, e, f, loc, n, t0, t1,
+                           st) for k, a, r, p, e, f, loc, n, t0, t1, st in rows if wanted is None or k in wanted]
+
+    def held_keys(self, stream_id: int) -> set[str]:
+        """Keys whose last send has no known outcome (held: not sent again until someone decides)."""
+        return {r[0] for r in self.db.execute("SELECT key FROM dead_letters WHERE stream_id = ? AND state = ?",
+                                              (stream_id, UNKNOWN))}
+
+    def hold(self, stream_id: int, rows: Sequence[HeldRow]) -> None:
+        """Record changes about to be sent as *outcome unknown*, durably, before they leave.
+
+        Each answer later replaces its row (settled, failed, or still unknown); a crash leaves it held.
+        """
+        if not rows:
+            return
+        now = utc_now()
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO dead_letters (stream_id, key, action, record, payload, error, field, location, "
+                "attempts, first_failed_at, last_failed_at, state, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) "
+                "ON CONFLICT (stream_id, key) DO UPDATE SET action = excluded.action, record = "
+                "coalesce(excluded.record, dead_letters.record), payload = excluded.payload, error = excluded.error, "
+                "field = NULL, location = NULL, last_failed_at = excluded.last_failed_at, state = excluded.state, "
+                "hash = excluded.hash",
+                [(stream_id, *row[:7], now, now, UNKNOWN, row[7]) for row in rows])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def mark_sent(self, stream_id: int, keys: Sequence[str]) -> list[str]:
+        """Settle held dead letters as carried out: their sent hash becomes the known record, so nothing is resent.
+
+        All or nothing; returns the keys that have no held dead letter (then nothing changes).
+        """
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            wanted = list(dict.fromkeys(keys))
+            found = {k: h for k, h in db.execute(
+                f"SELECT key, hash FROM dead_letters WHERE stream_id = ? AND state = ? AND key IN "
+                f"({','.join('?' * len(wanted))})", (stream_id, UNKNOWN, *wanted))} if wanted else {}
+            missing = [k for k in wanted if k not in found or found[k] is None]
+            if not missing:
+                db.executemany("INSERT INTO records (stream_id, key, hash) VALUES (?, ?, ?) ON CONFLICT "
+                               "(stream_id, key) DO UPDATE SET hash = excluded.hash",
+                               [(stream_id, k, found[k]) for k in wanted])
+                db.executemany("DELETE FROM dead_letters WHERE stream_id = ? AND key = ?",
+                               [(stream_id, k) for k in wanted])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return missing
 
     def drop_dead(self, stream_id: int, keys: Sequence[str]) -> None:
         """Forget dead letters whose record is gone from a snapshot source."""

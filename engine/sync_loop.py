@@ -34,6 +34,7 @@ from engine.interfaces import (
     OK,
     UPDATE,
     Acknowledging,
+    AtMostOnce,
     Change,
     Delivery,
     DestinationStream,
@@ -44,8 +45,8 @@ from engine.interfaces import (
     StreamingDestinationStream,
     WholeRead,
 )
-from engine.mapping import CompiledMapping, IdentityMapping, compile_template
-from engine.state_store import TOMBSTONE
+from engine.mapping import AnyMapping, GroupedMapping, compile_template, source_rows
+from engine.state_store import TOMBSTONE, HeldRow
 from engine.sync_state import COUNTER_OF, UNREADABLE, DeadRow, Pending, SyncState
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ ERROR_BUDGET_SAMPLE = 100
 """Records read before ``max_error_share`` is judged (a shorter read is judged at its end)."""
 PAST = {CREATE: "created", UPDATE: "updated", DELETE: "deleted"}
 
-Mapping_ = CompiledMapping | IdentityMapping
+Mapping_ = AnyMapping
 Failed = list[tuple[RecordError, dict[str, Any] | None]]
 
 _NAME_KEYS: dict[tuple[str, ...], bytes] = {}
@@ -147,7 +148,10 @@ class SyncLoop:
         size = self.size
         progress = self.options.progress
         read = 0
-        for record in source.read(cursor):
+        records = source.read(cursor)
+        if isinstance(mapping, GroupedMapping):
+            records = mapping.group(records)  # adjacent rows of one group become one record
+        for record in records:
             read += 1
             if record.__class__ is not dict and isinstance(record, RecordError):
                 failed.append((record, None))
@@ -241,11 +245,18 @@ class SyncLoop:
             explain.update((k, (200, why)) for k, why in decision.skipped.items())
         changes = decision.changes
         rejected: set[str] = set()
+        if changes and isinstance(self.writer, AtMostOnce) and self.writer.at_most_once and not self.dry:
+            # Sent at most once: each change is held as "outcome unknown" before it leaves, so a crash
+            # before its answer is committed leaves it held instead of sending it again.
+            state.hold([self.held_row(RecordError(
+                "sent, but the run stopped before the destination answered: whether it was carried out is "
+                "unknown", key=c.key), c, batch[c.key]) for c in changes])
         for group in self.deliver(changes):
             # Each group is what the destination acknowledged since the last one: it is made durable
             # now, so a crash resends at most what was still in flight.
             delivered: list[tuple[Change, bytes, Outcome]] = []
             dead: list[DeadRow] = []
+            unknown: list[HeldRow] = []
             for i, outcome in group:
                 change = changes[i]
                 entry = batch[change.key]
@@ -254,28 +265,36 @@ class SyncLoop:
                     delivered.append((change, entry[1], outcome))
                     if explain is not None:
                         explain[change.key] = (200, f"{PAST[change.action]} '{change.key}'")
+                    continue
+                rejected.add(change.key)
+                counts["errors"] += 1
+                error = RecordError(outcome.error or "rejected by the destination", key=change.key,
+                                    field=outcome.field)
+                self.count_kind(error)
+                if outcome.unknown:
+                    unknown.append(self.held_row(error, change, entry))
+                    self.report.unknown += 1
+                    row: DeadRow = unknown[-1][:7]
                 else:
-                    rejected.add(change.key)
-                    counts["errors"] += 1
-                    error = RecordError(outcome.error or "rejected by the destination", key=change.key,
-                                        field=outcome.field)
-                    self.count_kind(error)
-                    dead.append(self.dead_row(error, change.action, entry[2], change.values))
-                    if explain is not None:
-                        explain[change.key] = (422, dead[-1][4])
-            self.note_errors(dead)
+                    row = self.dead_row(error, change.action, entry[2], change.values)
+                    dead.append(row)
+                if explain is not None:
+                    explain[change.key] = (422, row[4])
+            self.note_errors([*dead, *(u[:7] for u in unknown)])
             now = time.monotonic()
             synced = now - self.last_synced >= SYNCED_COMMIT_INTERVAL
-            state.commit(counts, delivered=delivered, dead=dead, synced=synced)
+            state.commit(counts, delivered=delivered, dead=dead, unknown=unknown, synced=synced)
             if synced:
                 self.last_synced = now
         # A key with a dead letter that this batch brought and that did not fail again is settled
-        # (unchanged since a later success, or skipped by an insert-only sync).
-        settled = [k for k in batch if k not in rejected] if state.dead_keys else []
+        # (unchanged since a later success, or skipped by an insert-only sync); a held key is not.
+        held = state.held
+        settled = [k for k in batch if k not in rejected and k not in held] if state.dead_keys else []
         self.record_errors(failed, settled=settled)
         if isinstance(self.source, Acknowledging) and not self.dry:
-            delivered_records = [entry[2] for key, entry in batch.items() if key not in rejected and entry[2]]
-            delivered_records.extend(passed)
+            delivered_records = [row for key, entry in batch.items() if key not in rejected and entry[2]
+                                 for row in source_rows(entry[2])]
+            delivered_records.extend(row for record in passed for row in source_rows(record))
             if delivered_records:
                 self.source.acknowledge(delivered_records)
 
@@ -395,7 +414,11 @@ class SyncLoop:
                 json.dumps(redact.data(_jsonable(payload))) if payload is not None else None,
                 redact.text(error.describe()), error.field, error.location)
 
-    def note_errors(self, dead: list[DeadRow]) -> None:
+    def held_row(self, error: RecordError, change: Change, entry: Pending) -> HeldRow:
+        """A dead letter whose outcome is unknown: the dead row and the hash of what was sent."""
+        return (*self.dead_row(error, change.action, entry[2], change.values), entry[1])
+
+    def note_errors(self, dead: Sequence[DeadRow]) -> None:
         """Keep the first errors for the run report."""
         for row in dead:
             if len(self.report.errors) < MAX_ERRORS_REPORTED:

@@ -30,7 +30,7 @@ from typing import Any
 
 from engine.errors import DeleteGuardTripped
 from engine.interfaces import CREATE, DELETE, UPDATE, Change, Outcome
-from engine.state_store import COUNTERS, TOMBSTONE, DeadLetter, StateStore
+from engine.state_store import COUNTERS, TOMBSTONE, DeadLetter, HeldRow, StateStore
 
 DeadRow = tuple[str, str | None, str | None, str | None, str, str | None, str | None]
 """(key, action, source record JSON, redacted payload JSON, message, field, template location)"""
@@ -77,6 +77,8 @@ class SyncState:
         self.dry = dry
         self.stream_id = store.stream_id(pipeline, sync)
         self.dead_keys: set[str] = store.dead_keys(self.stream_id)
+        self.held: set[str] = store.held_keys(self.stream_id) if self.dead_keys else set()
+        """Keys sent without a known outcome: never sent again until someone decides."""
         self.run_row = 0
         self.memo_fields = memo_fields
         self._missing: int | None = None
@@ -127,7 +129,12 @@ class SyncState:
                     decision.unchanged_why[key] = f"'{key}' is {done}"
         key_fields = self.key_fields
         single = key_fields[0] if len(key_fields) == 1 else None
+        held = self.held
         for key, state in known.items():
+            if held and key in held:
+                decision.skipped[key] = (f"'{key}' is held: its last send has no known outcome; it is not sent again "
+                                         "until decided (syncengine dead-letters --mark-sent or --discard)")
+                continue
             values, _, _, action = batch[key]
             live = state.known and not state.tombstone
             if single is not None:  # the common case, without a comprehension per record
@@ -162,14 +169,23 @@ class SyncState:
             return None
         return json.dumps({f: (values or {}).get(f) for f in self.memo_fields}, default=str)
 
+    def hold(self, rows: Sequence[HeldRow]) -> None:
+        """Record changes as sent without a known outcome, before they are sent (a destination that must not
+        repeat a write blindly); each answer's commit replaces them, a crash leaves them held."""
+        if self.dry or not rows:
+            return
+        self.store.hold(self.stream_id, rows)
+        self.dead_keys.update(row[0] for row in rows)
+
     def commit(self, counts: dict[str, int], *, delivered: Sequence[tuple[Change, bytes, Outcome]] = (),
                deletes: Sequence[str] = (), dead: Sequence[DeadRow] = (), settled: Sequence[str] = (),
-               synced: bool = True) -> None:
+               unknown: Sequence[HeldRow] = (), synced: bool = True) -> None:
         """Record what the destination acknowledged, with the run's progress, in one transaction.
 
         ``delivered`` are acknowledged changes with the hash of what was sent: a pushed delete leaves
         a tombstone, anything else its hash and remote id. ``deletes`` are inferred deletes (their
-        row goes). ``dead`` are new dead letters; ``settled`` keys had one and are fine now.
+        row goes). ``dead`` are new dead letters; ``settled`` keys had one and are fine now;
+        ``unknown`` were sent without a known outcome (held until someone decides).
         """
         if self.dry:
             return
@@ -181,9 +197,15 @@ class SyncState:
         dead_keys = self.dead_keys
         resolved = [k for k in (*(u[0] for u in upserts), *deletes, *settled) if k in dead_keys] if dead_keys else []
         self.store.commit_batch(self.stream_id, self.run_row, counts, upserts=upserts, deletes=deletes, dead=dead,
-                                resolved=resolved, synced=synced)
+                                resolved=resolved, held=unknown, synced=synced)
         dead_keys.difference_update(resolved)
         dead_keys.update(row[0] for row in dead)
+        if self.held:
+            self.held.difference_update(resolved)
+            self.held.difference_update(row[0] for row in dead)
+        if unknown:
+            dead_keys.update(row[0] for row in unknown)
+            self.held.update(row[0] for row in unknown)
 
     # --- what to replay ---------------------------------------------------------------------------------
 
@@ -197,7 +219,7 @@ class SyncState:
         """
         if not self.dead_keys or self.dry:
             return []
-        unseen = [k for k in self.dead_keys if not self.store.was_seen(k)]
+        unseen = [k for k in self.dead_keys if k not in self.held and not self.store.was_seen(k)]
         if not unseen:
             return []
         if snapshot and whole:

@@ -32,6 +32,11 @@ class World:
     reject: dict[str, str] = field(default_factory=dict)
     transient_failures: int = 0
     next_id: int = 100
+    unknown: set[str] = field(default_factory=set)
+    """Keys whose write is carried out but answered with an unknown outcome (a lost reply)."""
+    at_most_once: bool = False
+    crash_at: str | None = None
+    """A key whose write stops the process after the batch's earlier changes were carried out."""
 
 
 WORLD = World()
@@ -101,6 +106,11 @@ class MemoryWriter:
 
     max_batch: int | None = 3
 
+    @property
+    def at_most_once(self) -> bool:
+        """Whether the engine must hold each change before it is sent (the world says)."""
+        return WORLD.at_most_once
+
     def write(self, changes: Sequence[Change]) -> list[Outcome]:
         """One outcome per change."""
         if WORLD.transient_failures:
@@ -108,7 +118,13 @@ class MemoryWriter:
             raise TransientError("the server is busy", retry_after=0.0)
         outcomes = []
         for change in changes:
+            if change.key == WORLD.crash_at:
+                raise RuntimeError("the process died")
             WORLD.writes.append((change.action, change.key, change.remote_id))
+            if change.key in WORLD.unknown:
+                WORLD.table[change.key] = dict(change.values or {})
+                outcomes.append(Outcome(False, error="no answer", unknown=True))
+                continue
             if change.key in WORLD.reject:
                 outcomes.append(Outcome(False, error=WORLD.reject[change.key], field="name"))
                 continue

@@ -115,6 +115,23 @@ def _server_time(text: str) -> datetime:
         raise ConfigError(f"'{text}' is not a server timestamp (YYYY-MM-DDTHH:MM:SS)") from None
 
 
+def request_start(cursor: str | None, *, start: str, overlap: float, zone: ZoneInfo | None) -> str:
+    """The AddedDate a read asks from: the cursor less the overlap, or ``start`` without a cursor.
+
+    In ``zone``, a time inside an hour the clock runs through twice (the autumn change) moves back
+    by that hour: the server's naive clock may have stamped later changes with earlier times.
+    """
+    if cursor is None:
+        return start
+    at = _server_time(cursor) - timedelta(seconds=overlap)
+    if zone is not None:
+        early = at.replace(tzinfo=zone, fold=0).utcoffset()
+        late = at.replace(tzinfo=zone, fold=1).utcoffset()
+        if early is not None and late is not None and early != late:
+            at -= abs(early - late)
+    return at.strftime(SERVER_TIME)
+
+
 class ISyncSourceStream:
     """One sync's read."""
 
@@ -134,16 +151,8 @@ class ISyncSourceStream:
     # --- the cursor ---------------------------------------------------------------------------------
 
     def since(self, cursor: str | None) -> str:
-        """The AddedDate to ask from: the cursor less the overlap (and a repeated DST hour), or ``start``."""
-        if cursor is None:
-            return self.options.start
-        at = _server_time(cursor) - timedelta(seconds=self.options.overlap)
-        if self.zone is not None:
-            early = at.replace(tzinfo=self.zone, fold=0).utcoffset()
-            late = at.replace(tzinfo=self.zone, fold=1).utcoffset()
-            if early is not None and late is not None and early != late:
-                at -= abs(early - late)  # inside a repeated hour: its first pass may hold later changes
-        return at.strftime(SERVER_TIME)
+        """The AddedDate to ask from (see :func:`request_start`)."""
+        return request_start(cursor, start=self.options.start, overlap=self.options.overlap, zone=self.zone)
 
     # --- reading ------------------------------------------------------------------------------------------
 

@@ -59,10 +59,22 @@ class StreamContext:
     vars: Mapping[str, Any] = field(default_factory=dict)
     warn: Callable[[str], None] = field(default=lambda message: None)
     """Tell the user something is off without failing the sync (a glob that matched no file)."""
+    note: Callable[[str], None] = field(default=lambda message: None)
+    """Tell the user what happened that is no fault (rows that changed before they could be acknowledged)."""
     state_dir: Path | None = None
     """The folder of the state store: where an adapter keeps a lock file shared by processes on this machine."""
     delivered_keys: Callable[[str], list[str]] = field(default=lambda sync: [])
     """The keys another sync of the pipeline has delivered (a source reading back what a destination sent)."""
+
+
+class Deleted(dict[str, Any]):
+    """A record a pull source says was deleted (a logically deleted row, a tombstone in a change feed).
+
+    Yielded by ``read`` like any record: the mapping gives its key, and it becomes a delete of that
+    key (sent only by a sync with ``mode: mirror``, like any delete). Acknowledged like any record.
+    """
+
+    __slots__ = ()
 
 
 @dataclass(slots=True)

@@ -326,10 +326,12 @@ class Engine:
         return GroupedMapping(header, items, by=group.by, by_template=by, into=group.into, location=group.location)
 
     def stream_context(self, sync: SyncSpec, mapping: AnyMapping, run: RunInfo,
-                       warn: Callable[[str], None] = lambda message: None) -> StreamContext:
+                       warn: Callable[[str], None] = lambda message: None,
+                       note: Callable[[str], None] = lambda message: None) -> StreamContext:
         """What the sync's streams are told about it."""
         return StreamContext(self.pipeline.name, sync.name, self.pipeline.base_dir, sync.key_fields,
                              mapping.output_names, run, log.getChild(sync.name), self.pipeline.vars, warn=warn,
+                             note=note,
                              state_dir=Path(self._state_path).resolve().parent if str(self._state_path) != ":memory:"
                              else None, delivered_keys=self.delivered_keys)
 
@@ -389,7 +391,8 @@ class Engine:
 
         try:
             mapping = self.mapping(sync, run)
-            ctx = self.stream_context(sync, mapping, run, warn)
+            ctx = self.stream_context(sync, mapping, run, warn, lambda text: report.notes.append(
+                self.redactor.text(text)))
             source: SourceStream = replay or self.source(sync).open_stream(sync.source_options, ctx)
             writer: DestinationStream
             if options.dry_run:

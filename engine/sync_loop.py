@@ -36,6 +36,7 @@ from engine.interfaces import (
     Acknowledging,
     AtMostOnce,
     Change,
+    Deleted,
     Delivery,
     DestinationStream,
     Outcome,
@@ -169,6 +170,9 @@ class SyncLoop:
                 if mapped is None:
                     passed.append(record)
                     counts["filtered"] += 1
+                elif record.__class__ is Deleted:
+                    # The source says the record is gone: a delete of its key, carrying only the key's values.
+                    batch[mapped.key] = (self.key_values(mapped.values), TOMBSTONE, record, DELETE)
                 else:
                     batch[mapped.key] = (mapped.values, record_hash(mapped.values), record, None)
             if len(batch) >= size or len(failed) >= size:
@@ -196,6 +200,11 @@ class SyncLoop:
         self.report.deletes_inferred = whole
         if whole:
             self.delete_missing(known_before)
+
+    def key_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The key fields of a mapped record (all of it when the key is a template)."""
+        fields = self.sync.key_fields
+        return {f: values.get(f) for f in fields} if fields else values
 
     # --- a pushed record -----------------------------------------------------------------------------
 

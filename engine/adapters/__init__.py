@@ -14,6 +14,8 @@ BUILTIN: tuple[str, ...] = (
     "engine.adapters.http_post",
     "engine.adapters.isync",
     "engine.adapters.jsonl_file",
+    "engine.adapters.weavy",
+    "engine.adapters.weavy_destination",
     "engine.adapters.sftp",
     "engine.adapters.sftp_destination",
     "engine.adapters.sqlite_db",

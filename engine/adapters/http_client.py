@@ -151,13 +151,14 @@ class Sender:
         return self.backoff.delay(attempt, hint)
 
     def attempt(self, method: str, url: str, *, body: bytes | None, headers: dict[str, str], attempt: int,
-                abort: threading.Event) -> Attempted | Retry:
+                abort: threading.Event, stop_statuses: frozenset[int] = STOP_STATUSES) -> Attempted | Retry:
         """Send once (``attempt`` counts from 0): the final answer, or a :class:`Retry` saying when to try again.
 
         It never sleeps, so a thread that sends is free for other requests while this one waits for
         its retry. Once ``max_retries`` retries were spent, a retryable answer is final. Raises
         :class:`ConnectError` when the server cannot be reached at all, refuses the credentials or
-        fails TLS verification, and :class:`Aborted` when ``abort`` was set before the request left."""
+        fails TLS verification, and :class:`Aborted` when ``abort`` was set before the request left.
+        ``stop_statuses`` are the answers that refuse the credentials (a token client handles 401 itself)."""
         if abort.is_set():
             raise Aborted("stopped: another request could not reach the server")
         last = self.backoff.exhausted(attempt)
@@ -180,7 +181,7 @@ class Sender:
                                  attempt + 1)
             return Attempted(None, f"connection lost after {attempt + 1} attempts: {_reason(exc)}", attempt + 1)
         status = response.status
-        if status in STOP_STATUSES:
+        if status in stop_statuses:
             raise ConnectError(f"{_origin(url)} refused the credentials (HTTP {status})")
         if status < 500 and status not in RETRY_STATUSES:
             return Attempted(response, None, attempt + 1)

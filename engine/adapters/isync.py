@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.adapters import isync_wire as wire
 from engine.adapters.isync_connection import Ambiguous, Answer, Connection, ISyncConfig
+from engine.adapters.pooled import each_completed
 from engine.errors import ConfigError, RecordError
 from engine.interfaces import CREATE, Change, Outcome, StreamContext
 from engine.registry import REGISTRY
@@ -334,22 +335,8 @@ class ISyncDestinationStream:
         A new request leaves only when the engine asks for the next group, which it does once the last
         one is durable: a crash leaves at most ``concurrency`` records in flight.
         """
-        if not changes:
-            return
-        executor = self.owner.executor()
-        window = self.connection.config.concurrency
-        pending: dict[Future[Outcome], int] = {}
-        sent = 0
-        try:
-            while sent < len(changes) or pending:
-                while sent < len(changes) and len(pending) < window:
-                    pending[executor.submit(self.send, changes[sent])] = sent
-                    sent += 1
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                yield [(pending.pop(future), future.result()) for future in done]
-        finally:
-            for future in pending:
-                future.cancel()
+        if changes:
+            yield from each_completed(self.owner.executor(), self.connection.config.concurrency, changes, self.send)
 
     def send(self, change: Change) -> Outcome:
         """One change's request and what its answer means."""

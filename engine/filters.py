@@ -10,6 +10,7 @@ larger than their input (``center``, ``format``, ``indent``, ``wordwrap``, ``rep
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 import unicodedata
@@ -35,6 +36,7 @@ from engine.jinja_internals import (
     sync_do_slice,
 )
 from engine.limits import (
+    MAX_VALUE,
     as_text_size,
     check_items,
     check_text,
@@ -290,6 +292,26 @@ def zfill(value: Any, width: int) -> str | None:
     return (value if isinstance(value, str) else _text(value)).zfill(width)
 
 
+def from_json(value: Any) -> Any:
+    """JSON text as data (a SQL ``json_group_array`` of child rows becomes a list); null stays null.
+
+    The text is bounded like any value a template makes (``MAX_VALUE`` characters); a value that is
+    already data is returned as it is.
+    """
+    _fail_if_undefined(value)
+    if value is None or isinstance(value, (dict, list)):
+        return value
+    text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    if len(text) > MAX_VALUE:
+        raise FilterError(f"from_json: the text has {len(text):,} characters, more than {MAX_VALUE:,}")
+    try:
+        return json.loads(text, parse_float=Decimal)
+    except RecursionError:
+        raise FilterError("from_json: the JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise FilterError(f"from_json: not JSON ({exc})") from None
+
+
 def split(value: Any, sep: str | None = None) -> list[str]:
     """Split text into a list (on white space by default)."""
     if isinstance(sep, Undefined):
@@ -521,4 +543,5 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "limit": limit,
     "zfill": zfill,
     "split": split,
+    "from_json": from_json,
 }

@@ -147,6 +147,7 @@ class ISyncSourceStream:
             except (ZoneInfoNotFoundError, ValueError):
                 raise ConfigError(f"unknown time zone '{options.server_timezone}' (server_timezone)") from None
         self.next_cursor: str | None = None
+        self.read_cursor: str | None = None
         self.connection.hold_session(ctx.state_dir)
 
     # --- the cursor ---------------------------------------------------------------------------------
@@ -160,6 +161,7 @@ class ISyncSourceStream:
     def read(self, cursor: str | None) -> Iterator[dict[str, Any] | RecordError]:
         """The records of the sync's operation."""
         operation = self.options.operation
+        self.read_cursor = cursor
         if operation == "GetWebSalesOrder":
             yield from self.orders()
             return
@@ -222,6 +224,13 @@ class ISyncSourceStream:
 
             raise RunFailed(f"iSync {operation} failed: {answer.text[:300]}")
         return answer
+
+    @property
+    def whole(self) -> bool:
+        """Whether the read was iSync's whole catalogue: no cursor and no filter (orders by PO number never are)."""
+        options = self.options
+        return (self.read_cursor is None and options.operation != "GetWebSalesOrder" and not options.barcodes
+                and not options.available_units)
 
     def finish(self) -> str | None:
         """The server time the next read starts from (see the module's notes)."""

@@ -279,6 +279,8 @@ class Connection:
         Raises :class:`Ambiguous` when a request that may have reached the server failed and
         ``idempotent`` is false, and :class:`ConnectError` when the server cannot be reached.
         """
+        import zeep
+
         service = self.service()
         key = self.key()
         relogged = False
@@ -289,6 +291,9 @@ class Connection:
                        "Action": action, "SessionKey": key, "MessageXml": message_xml}
             try:
                 result = service.Execute(request=request)
+            except zeep.exceptions.Fault as exc:
+                # The server carried out nothing and said why (a fault instead of SuccessFlag=false).
+                return Answer(False, f"SOAP fault: {_short(exc.message)}", None)
             except Exception as exc:  # noqa: BLE001 - classified below
                 sent = _maybe_sent(exc)
                 if not _transient(exc):

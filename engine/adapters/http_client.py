@@ -132,6 +132,8 @@ class Retry:
 
     at: float
     hold: bool = False
+    status: int | None = None
+    """The HTTP status that asked for the retry (``None`` for a failed connection or a timeout)."""
 
 
 class Sender:
@@ -188,7 +190,7 @@ class Sender:
         if last:
             return Attempted(response, f"HTTP {status} after {attempt + 1} attempts", attempt + 1)
         # 429 speaks for the whole server (a rate limit); a 5xx or 408 only for this request.
-        return Retry(time.monotonic() + self.delay(attempt, retry_after(response)), hold=status == 429)
+        return Retry(time.monotonic() + self.delay(attempt, retry_after(response)), hold=status == 429, status=status)
 
 
 def _origin(url: str) -> str:

@@ -35,7 +35,7 @@ from engine.adapters.http_client import (
     body_text,
     make_pool,
 )
-from engine.errors import ConnectError
+from engine.errors import ConnectError, RecordError
 from engine.typed_config import option
 
 log = logging.getLogger("syncengine.rest")
@@ -128,8 +128,11 @@ class TokenSession:
                 self.logins += 1
                 self._token = token
                 # Renew a margin ahead (at most half the lifetime ahead, for short-lived tokens).
-                ahead = min(self.margin, (lifetime or 0) / 2)
-                self._expires = time.monotonic() + (lifetime - ahead if lifetime else float("inf"))
+                if lifetime is None:
+                    self._expires = float("inf")
+                else:
+                    ahead = min(self.margin, lifetime / 2)
+                    self._expires = time.monotonic() + lifetime - ahead
             return self._token
 
 
@@ -154,6 +157,7 @@ class RestClient:
         self.budget = RateBudget.for_host(config.url, config.calls_per_minute) if config.calls_per_minute else None
         self.session: TokenSession | None = None
         self.abort = threading.Event()
+        self._counting = threading.Lock()
         self.calls = 0
         self.throttled = 0
         """Answers 429 received (the budget should keep this at zero)."""
@@ -174,7 +178,11 @@ class RestClient:
         Any other answer is returned as it is, for the caller to judge.
         """
         url = self.url(path, params)
-        data = None if body is None else json.dumps(body, default=_json_default, ensure_ascii=False).encode()
+        try:
+            data = None if body is None else json.dumps(body, default=_json_default, ensure_ascii=False,
+                                                         allow_nan=False).encode()
+        except ValueError:
+            raise RecordError("the body holds a number JSON cannot carry (NaN or infinity)") from None
         sent_headers = {"Accept": "application/json", **self.config.headers, **(headers or {})}
         if data is not None:
             sent_headers["Content-Type"] = "application/json"
@@ -187,16 +195,21 @@ class RestClient:
                 sent_headers["Authorization"] = f"Bearer {token}"
             if self.budget is not None:
                 self.budget.acquire()
-            self.calls += 1
+            with self._counting:
+                self.calls += 1
             result = self.sender.attempt(method, url, body=data, headers=sent_headers, attempt=attempt,
                                          abort=self.abort, stop_statuses=frozenset({407}))
             if isinstance(result, Retry):
+                if result.status == 429:
+                    with self._counting:
+                        self.throttled += 1
                 time.sleep(max(0.0, result.at - time.monotonic()))
                 attempt += 1
                 continue
             response = result.response
             if response is not None and response.status == 429:
-                self.throttled += 1
+                with self._counting:
+                    self.throttled += 1
             if response is not None and response.status == 401 and auth and self.session is not None:
                 if relogged:
                     raise ConnectError(f"{_origin(url)} refused a fresh token (HTTP 401): {body_text(response)}")
@@ -240,8 +253,12 @@ class RestClient:
                      items: Callable[[Reply], list[Any]]) -> Iterator[list[Any]]:
         """Pages by following the link each answer gives to the next, until it gives none."""
         url: str | None = self.url(path, params)
+        origin = _origin(url or "")
         seen: set[str] = set()
         while url is not None:
+            if _origin(url) != origin:
+                # The token is for this service: a page elsewhere would receive it.
+                raise ConnectError(f"{origin} sent a next link to another host ({_origin(url)}); it is not followed")
             if url in seen:
                 raise ConnectError(f"{_origin(url)} sent a next link that loops back to a page already read")
             seen.add(url)
@@ -303,6 +320,8 @@ def _json_default(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Decimal):
         # A JSON number when a float carries it exactly (69.33 does), else its exact text.
+        if not value.is_finite():
+            raise ValueError("not a finite number")
         as_float = float(value)
         return as_float if Decimal(repr(as_float)) == value else format(value, "f")
     return str(value)

@@ -130,13 +130,15 @@ class Acknowledging(Protocol):
 class AtMostOnce(Protocol):
     """A destination stream whose writes must never be repeated blindly (an optional capability).
 
-    When ``at_most_once`` is true, the engine records each change as *outcome unknown* in the
-    state before it is sent, and each answer replaces that record. A crash between the send and
-    the commit of its answer leaves the change held (see :class:`Outcome` ``unknown``) instead of
-    sending it again: for operations with no way to read back what was done (an iSync credit note).
+    When ``at_most_once`` is true, the engine hands the stream ``in_flight`` changes at a time and
+    records each as *outcome unknown* in the state just before, and each answer replaces that record.
+    A crash between the send and the commit of its answer leaves at most ``in_flight`` changes held
+    (see :class:`Outcome` ``unknown``) instead of sending them again: for operations with no way to
+    read back what was done (an iSync credit note).
     """
 
     at_most_once: bool
+    in_flight: int
 
 
 @runtime_checkable

@@ -254,13 +254,8 @@ class SyncLoop:
             explain.update((k, (200, why)) for k, why in decision.skipped.items())
         changes = decision.changes
         rejected: set[str] = set()
-        if changes and isinstance(self.writer, AtMostOnce) and self.writer.at_most_once and not self.dry:
-            # Sent at most once: each change is held as "outcome unknown" before it leaves, so a crash
-            # before its answer is committed leaves it held instead of sending it again.
-            state.hold([self.held_row(RecordError(
-                "sent, but the run stopped before the destination answered: whether it was carried out is "
-                "unknown", key=c.key), c, batch[c.key]) for c in changes])
-        for group in self.deliver(changes):
+        at_most_once = isinstance(self.writer, AtMostOnce) and self.writer.at_most_once and not self.dry
+        for group in self.deliver_held(changes, batch) if at_most_once else self.deliver(changes):
             # Each group is what the destination acknowledged since the last one: it is made durable
             # now, so a crash resends at most what was still in flight.
             delivered: list[tuple[Change, bytes, Outcome]] = []
@@ -322,6 +317,18 @@ class SyncLoop:
             # Failed keys (and the stand-in keys of records without one) were present in this run.
             self.state.mark_seen([row[0] for row in dead])
         self.state.commit(self.counts, dead=dead, settled=settled)
+
+    def deliver_held(self, changes: list[Change], batch: dict[str, Pending]) -> Iterator[list[tuple[int, Outcome]]]:
+        """:meth:`deliver` for a destination that sends at most once: ``in_flight`` changes at a time are held
+        as "outcome unknown" just before they leave, so a crash leaves only those held (never one not sent)."""
+        step = max(1, cast(AtMostOnce, self.writer).in_flight)
+        for start in range(0, len(changes), step):
+            chunk = changes[start:start + step]
+            self.state.hold([self.held_row(RecordError(
+                "sent, but the run stopped before the destination answered: whether it was carried out is "
+                "unknown", key=c.key), c, batch[c.key]) for c in chunk])
+            for group in self.deliver(chunk):
+                yield [(start + i, outcome) for i, outcome in group]
 
     def deliver(self, changes: list[Change]) -> Iterator[list[tuple[int, Outcome]]]:
         """Write changes; yields groups of (index, outcome) as the destination acknowledges them.

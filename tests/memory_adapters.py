@@ -106,6 +106,8 @@ class MemoryWriter:
 
     max_batch: int | None = 3
 
+    in_flight = 2
+
     @property
     def at_most_once(self) -> bool:
         """Whether the engine must hold each change before it is sent (the world says)."""

@@ -327,6 +327,7 @@ class ISyncDestinationStream:
         self.orders = options.operation == "PersistWebSalesOrder"
         self.at_most_once = not self.orders
         """A credit note cannot be read back, so it is sent at most once (held before it is sent)."""
+        self.in_flight = self.connection.config.concurrency
         self.exists = re.compile(options.exists_error)
         self.connection.hold_session(ctx.state_dir)
 
@@ -361,21 +362,23 @@ class ISyncDestinationStream:
             answer = self.connection.execute(self.op.message_type, self.op.action, xml, identifier=identifier,
                                              idempotent=self.orders)
         except Ambiguous as exc:
-            if self.orders:
-                adopted = self.adopt(values, change.key)
-                return adopted or Outcome(False, error=f"iSync did not answer ({exc}); the order was not found "
-                                                       "either, so the next run sends it again")
-            return Outcome(False, unknown=True, error=f"iSync did not answer ({exc}); whether the "
-                                                      f"{self.options.operation} was carried out is unknown")
+            if not self.orders:
+                return Outcome(False, unknown=True, error=f"iSync did not answer ({exc}); whether the "
+                                                          f"{self.options.operation} was carried out is unknown")
+            # An order is safe to send again (a duplicate PO number is refused and read back): a plain failure.
+            found = self.adopt(values, change.key) if self.options.adopt_existing else "not looked up"
+            if isinstance(found, Outcome):
+                return found
+            return Outcome(False, error=f"iSync did not answer ({exc}); the order read back: {found}; the next "
+                                        "run sends it again")
         if answer.ok:
             return Outcome(True, remote_id=self.remote_id(answer))
         if self.orders and self.options.adopt_existing and self.exists.search(answer.text):
-            adopted = self.adopt(values, change.key)
-            if adopted is not None:
-                return adopted
-            return Outcome(False, error=f"iSync: {answer.text} and the order read back differs from this one "
-                                        "(PO number, tracking number or lines); it was not sent again",
-                           field="PONumber")
+            found = self.adopt(values, change.key)
+            if isinstance(found, Outcome):
+                return found
+            return Outcome(False, error=f"iSync: {answer.text}; the order read back: {found}; it was not sent "
+                                        "again", field="PONumber")
         return Outcome(False, error=f"iSync: {answer.text}")
 
     def changed(self, change: Change) -> Outcome:
@@ -388,20 +391,25 @@ class ISyncDestinationStream:
                                     f"{sent}; nothing was sent. Set on_change: ignore to record such changes "
                                     "without sending them")
 
-    def adopt(self, values: dict[str, Any], key: str) -> Outcome | None:
-        """Read an order back by its PO number; its SalesOrderID when it is the order sent, else ``None``."""
+    def adopt(self, values: dict[str, Any], key: str) -> Outcome | str:
+        """Read an order back by its PO number: its SalesOrderID when it is the order sent, else why not."""
         po = values.get("PONumber")
         if po is None:
-            return None
+            return "the record has no PONumber"
         op = wire.operation("GetWebSalesOrder")
         xml = wire.write(op.request, {"PONumber": po}, root=op.request_root)
         identifier = self.connection.identifier(self.ctx.run.id, self.ctx.sync, f"{key}/readback")
-        answer = self.connection.execute(op.message_type, op.action, xml, identifier=identifier, idempotent=True)
+        try:
+            answer = self.connection.execute(op.message_type, op.action, xml, identifier=identifier,
+                                             idempotent=True)
+        except Ambiguous as exc:
+            return f"no answer ({exc})"
         if not answer.ok or not answer.xml:
-            return None
+            return f"not found ({answer.text[:200]})" if not answer.ok else "an empty answer"
         found = wire.parse_response("GetWebSalesOrder", answer.xml)
         if not isinstance(found, dict) or not _same_order(values, found):
-            return None
+            return ("it differs from this one (PO number, tracking number or lines)"
+                    + (f"; SalesOrderID {found.get('SalesOrderID')}" if isinstance(found, dict) else ""))
         sales_order = found.get("SalesOrderID")
         return Outcome(True, remote_id=None if sales_order is None else str(sales_order))
 

@@ -8,7 +8,8 @@ Shared by the ``isync`` source and destination. What the service demands, and ho
   already renewed by another uses the new one) and repeats that call. Two ``syncengine``
   processes on one machine would void each other's keys, so the session is guarded by a lock file
   per (server, user) beside the state store, held from the first login until the adapter closes: a
-  second process waits for it and, after ``lock_timeout``, stops with a message that says why.
+  second process waits for it and, after ``lock_timeout``, stops with a message that says why. (The
+  user's own lock folder catches pipelines with different state folders; see :meth:`Connection.hold_session`.)
 - **Execute's envelope**: ``MessageType``, ``Identifier`` (unique per request, traceable to the
   run, the sync and the record key), ``Source``, ``PublishDate``, ``Instance``, ``Action``,
   ``SessionKey`` and ``MessageXml`` (the DataContract text :mod:`engine.adapters.isync_wire` writes).
@@ -88,8 +89,11 @@ class Answer:
     xml: str | None
 
 
-class Ambiguous(Exception):  # noqa: N818 - a state, not a failure of ours
-    """A request may have reached the server (a reset, a timeout, a 5xx) and was not repeated."""
+class Ambiguous(RunFailed):  # noqa: N818 - a state, not a failure of ours
+    """A request may have reached the server (a reset, a timeout, a 5xx) and was not repeated.
+
+    A destination turns it into the record's outcome; anywhere else it stops the run with its message.
+    """
 
 
 class _ServerClock:
@@ -109,6 +113,27 @@ class _ServerClock:
 
     def egress(self, envelope: Any, http_headers: Any, operation: Any, binding_options: Any) -> tuple[Any, Any]:
         return envelope, http_headers
+
+
+def _checked_transport(base: type) -> type:
+    """A zeep transport that turns an error page (a plain-text 500, an IIS HTML 503) into a
+    ``TransportError`` before zeep tries to parse it as SOAP: such a page is the server being unwell
+    (retried where that is safe), never a crash of the client's parser. A SOAP fault (a 500 whose body
+    is a SOAP envelope) still reaches zeep, which raises it as a ``Fault``."""
+    import zeep
+
+    class CheckedTransport(base):  # type: ignore[misc]
+        def post_xml(self, address: str, envelope: Any, headers: Any) -> Any:
+            response = super().post_xml(address, envelope, headers)
+            status = response.status_code
+            if status >= 400:
+                head = response.content[:2048].lower()
+                if b"envelope" not in head:
+                    raise zeep.exceptions.TransportError(  # type: ignore[no-untyped-call]
+                        status_code=status, content=response.content[:300])
+            return response
+
+    return CheckedTransport
 
 
 class SessionLock:
@@ -169,7 +194,7 @@ class Connection:
         self._client_lock = threading.Lock()
         self._login_lock = threading.Lock()
         self._key: str | None = None
-        self._lock: SessionLock | None = None
+        self._locks: list[SessionLock] = []
         self._counter = 0
         self.logins = 0
 
@@ -194,8 +219,8 @@ class Connection:
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(4, config.concurrency + 2), max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        transport = Transport(session=session, timeout=config.timeout,  # type: ignore[no-untyped-call]
-                              operation_timeout=config.timeout)
+        transport = _checked_transport(Transport)(session=session, timeout=config.timeout,
+                                                  operation_timeout=config.timeout)
         settings = zeep.Settings(strict=False, xml_huge_tree=False, forbid_dtd=True, forbid_entities=True,
                                  forbid_external=True)
         wsdl = str(self.base_dir / config.wsdl_file) if config.wsdl_file else (
@@ -223,11 +248,27 @@ class Connection:
     # --- the session ------------------------------------------------------------------------------------
 
     def hold_session(self, state_dir: Path | None) -> None:
-        """Take the machine-wide lock of this server and user before the first login (once)."""
-        if self._lock is None and state_dir is not None:
-            lock = SessionLock(state_dir, self.config.url, self.config.username)
-            lock.acquire(self.config.lock_timeout)
-            self._lock = lock
+        """Take the session locks of this server and user before the first login (once).
+
+        Two locks, always in this order: one in this OS user's lock folder (every pipeline of the user
+        on this machine, whatever its state folder) and one beside the state store (processes of other
+        OS users sharing that state). A process waits for either at most ``lock_timeout``.
+        """
+        if self._locks or state_dir is None:
+            return
+        for folder in dict.fromkeys((user_lock_dir(), state_dir)):
+            lock = SessionLock(folder, self.config.url, self.config.username)
+            try:
+                lock.acquire(self.config.lock_timeout)
+            except BaseException:
+                self._release_locks()
+                raise
+            self._locks.append(lock)
+
+    def _release_locks(self) -> None:
+        for lock in reversed(self._locks):
+            lock.release()
+        self._locks.clear()
 
     def key(self, stale: str | None = None) -> str:
         """The shared session key; a new login only when there is none or the caller's ``stale`` key is current."""
@@ -322,12 +363,20 @@ class Connection:
 
     def close(self) -> None:
         """Release the session lock and the HTTP connections."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self._release_locks()
         client = getattr(self, "_client", None)
         if client is not None:
             client.transport.session.close()
+
+
+def user_lock_dir() -> Path:
+    """This OS user's folder for locks shared by every pipeline on the machine (``SYNCENGINE_LOCK_DIR``
+    overrides it): ``$XDG_RUNTIME_DIR/syncengine``, else ``~/.cache/syncengine/locks``."""
+    override = os.environ.get("SYNCENGINE_LOCK_DIR")
+    if override:
+        return Path(override)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "syncengine" if runtime else Path.home() / ".cache" / "syncengine" / "locks"
 
 
 def _binding(client: zeep.Client) -> str:
@@ -349,8 +398,8 @@ def _transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, zeep.exceptions.TransportError):
         return exc.status_code >= 500 or exc.status_code in (408, 429)
-    if isinstance(exc, zeep.exceptions.XMLSyntaxError):
-        return True  # an HTML error page where a SOAP answer should be (a proxy's 200 "try later")
+    if isinstance(exc, (zeep.exceptions.XMLSyntaxError, zeep.exceptions.DTDForbidden)):
+        return True  # an HTML page where a SOAP answer should be (a proxy's 200 "try later"); never parsed
     return False
 
 

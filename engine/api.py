@@ -344,11 +344,13 @@ class SyncStatus:
     last_run: dict[str, Any] | None
     held: int = 0
     """Dead letters whose outcome is unknown (not sent again until someone decides)."""
+    pending: int = 0
+    """Changes accepted by the destination and not yet confirmed as carried out."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as ``status --json`` prints it."""
         return {"sync": self.sync, "known": self.known, "cursor": self.cursor, "dead_letters": self.dead_letters,
-                "held": self.held, "last_run": self.last_run}
+                "held": self.held, "pending": self.pending, "last_run": self.last_run}
 
 
 def status(path: PipelineRef, *, state: str | Path | None = None,
@@ -363,7 +365,8 @@ def status(path: PipelineRef, *, state: str | Path | None = None,
                 rows.append(SyncStatus(name, 0, None, 0, None))
                 continue
             rows.append(SyncStatus(name, store.known_count(stream), store.cursor(stream),
-                                   len(store.dead_keys(stream)), store.last_run(stream), len(store.held_keys(stream))))
+                                   len(store.dead_keys(stream)), store.last_run(stream), len(store.held_keys(stream)),
+                                   len(store.pending_keys(stream))))
     return rows
 
 

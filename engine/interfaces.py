@@ -109,6 +109,9 @@ class Outcome:
     error: str | None = None
     field: str | None = None
     unknown: bool = False
+    pending: bool = False
+    """With ``ok``: accepted but not carried out yet (an HTTP 202). The record counts as sent and is kept
+    *pending* in the state until the stream's :class:`Confirming` check says it happened (or did not)."""
 
 
 OK = Outcome(True)
@@ -153,6 +156,43 @@ class ChecksOutput(Protocol):
 
     def check_output(self, paths: Sequence[tuple[str | int, ...]]) -> list[tuple[tuple[str | int, ...] | None, str]]:
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class PendingChange:
+    """A change the destination accepted without carrying it out yet (see :class:`Confirming`)."""
+
+    key: str
+    action: str
+    key_values: dict[str, Any]
+    remote_id: str | None
+    since: str
+
+
+@runtime_checkable
+class Confirming(Protocol):
+    """A destination stream that can tell whether accepted changes were carried out (an optional capability).
+
+    Before a run writes anything, the engine hands ``confirm`` the sync's pending changes (accepted
+    earlier with ``Outcome(ok=True, pending=True)``). It yields ``(key, done)`` for those it can
+    decide: ``True`` the change happened (no longer pending); ``False`` it did not (the record is
+    forgotten, so the run sends it again). A key it does not answer for stays pending.
+    """
+
+    def confirm(self, pending: Sequence[PendingChange]) -> Iterator[tuple[str, bool]]: ...
+
+
+@runtime_checkable
+class ReadableDestination(Protocol[OptionsT_contra]):
+    """A destination whose current records can be read back, a page at a time (an optional capability).
+
+    A receiver that serves the records it was given (a connector's mass sync) reads them here:
+    ``count`` of the records a sync's options address, and ``rows`` from ``offset``, in a stable order.
+    """
+
+    def count(self, options: OptionsT_contra) -> int: ...
+
+    def rows(self, options: OptionsT_contra, offset: int, limit: int) -> list[dict[str, Any]]: ...
 
 
 @runtime_checkable
@@ -271,11 +311,42 @@ class Destination(Protocol[OptionsT_contra]):
 
 @dataclass(frozen=True, slots=True)
 class PushEvent:
-    """A record that arrived on its own: ``route`` picks the sync, ``action`` may force a delete."""
+    """A record that arrived on its own: ``route`` picks the sync, ``action`` may force a delete.
+
+    ``strict`` asks for the answers of an entity API instead of the forgiving rules of a live feed:
+    a create of a key that exists is refused (409), and an update or a delete of a key that does not
+    exist is refused (404).
+    """
 
     route: str
     action: str | None
     record: dict[str, Any]
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """What a receiver is told about one of its routes before it serves (see :class:`DescribesRoutes`).
+
+    ``fields`` are the source fields the sync's mapping reads (dotted for nested ones: ``inventory.qty``),
+    ``key`` the source fields that give its key (when the key is a plain copy of them), and ``read``
+    the destination's records, when the destination can be read back (``count()`` and ``rows(offset,
+    limit)``), for a receiver that serves them again.
+    """
+
+    route: str
+    sync: str
+    fields: tuple[str, ...]
+    key: tuple[str, ...]
+    count: Callable[[], int] | None = None
+    rows: Callable[[int, int], list[dict[str, Any]]] | None = None
+
+
+@runtime_checkable
+class DescribesRoutes(Protocol):
+    """A receiver that wants to know its routes' fields and records before it serves (an optional capability)."""
+
+    def describe_routes(self, routes: Sequence[RouteInfo]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,12 +34,17 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from jinja2 import nodes
+
 from engine.config import Pipeline, SyncSpec
 from engine.errors import EXIT_FAILED, EXIT_OK, ConfigError, SyncEngineError
 from engine.interfaces import (
     Delivery,
+    DescribesRoutes,
     PushEvent,
     PushSource,
+    ReadableDestination,
+    RouteInfo,
     RunInfo,
 )
 from engine.mapping import AnyMapping, CompiledMapping
@@ -99,6 +104,51 @@ class PushSync:
                           cursor=None, advance_cursor=False)
 
 
+def _chain(node: nodes.Node) -> tuple[str, ...] | None:
+    """``record.a.b`` (or ``record['a']['b']``) as ("a", "b"); ``None`` when the chain does not start at record."""
+    parts: list[str] = []
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            parts.append(node.arg.value)
+        else:
+            return None
+        node = node.node
+    if isinstance(node, nodes.Name) and node.name == "record" and parts:
+        return tuple(reversed(parts))
+    return None
+
+
+def source_fields(engine: Engine, sync: SyncSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the source fields a sync's templates read, dotted; the source fields its key is a plain copy of)."""
+    sources: list[str] = [f.source for f in sync.fields or () if f.is_template]
+    if sync.group is not None:
+        sources += [f.source for f in sync.group.fields if f.is_template]
+    if sync.key_template is not None:
+        sources.append(sync.key_template[0])
+    chains: set[tuple[str, ...]] = set()
+    for source in sources:
+        for node in engine.env.parse(source).find_all((nodes.Getattr, nodes.Getitem)):
+            chain = _chain(node)
+            if chain is not None:
+                chains.add(chain)
+    # Only the longest reads: record.inventory.qty says inventory is an object holding qty.
+    longest = sorted(c for c in chains if not any(o != c and o[:len(c)] == c for o in chains))
+    copies = {str(f.path[0]): _chain_of(engine, f.source) for f in sync.fields or () if f.is_template
+              and len(f.path) == 1}
+    key = tuple(".".join(c) for k in sync.key_fields if (c := copies.get(k)) is not None)
+    return tuple(".".join(c) for c in longest), key if len(key) == len(sync.key_fields) else ()
+
+
+def _chain_of(engine: Engine, source: str) -> tuple[str, ...] | None:
+    """The field a template copies as it is (``{{ record.sku }}``), else ``None``."""
+    body = engine.env.parse(source).body
+    if len(body) == 1 and isinstance(body[0], nodes.Output) and len(body[0].nodes) == 1:
+        return _chain(body[0].nodes[0])
+    return None
+
+
 def _key_mapping(engine: Engine, sync: SyncSpec, run: RunInfo,
                  full: AnyMapping) -> AnyMapping:
     """A mapping of only the key fields: a delete may carry nothing but the key."""
@@ -133,7 +183,19 @@ class PushHub:
         if not routes:
             raise ConfigError(f"no enabled sync reads from receiver '{name}'")
         self.routes[name] = routes
+        if isinstance(receiver, DescribesRoutes):
+            receiver.describe_routes([self.route_info(route, target.sync) for route, target in routes.items()])
         return list(routes)
+
+    def route_info(self, route: str, sync: SyncSpec) -> RouteInfo:
+        """What a receiver may know of a route: the source fields its mapping reads, its key, its records."""
+        paths, key = source_fields(self.engine, sync)
+        destination = self.engine.destination(sync)
+        if isinstance(destination, ReadableDestination):
+            options = sync.destination_options
+            return RouteInfo(route, sync.name, paths, key, count=lambda: destination.count(options),
+                             rows=lambda offset, limit: destination.rows(options, offset, limit))
+        return RouteInfo(route, sync.name, paths, key)
 
     def deliverer(self, name: str) -> Callable[[PushEvent], Delivery]:
         """The ``deliver`` callback of one receiver."""

@@ -96,13 +96,16 @@ class SyncReport:
     """Whether missing keys were checked for deletes (``None``: the sync does not delete)."""
     unknown: int = 0
     """Records sent in this run whose outcome is unknown (held until someone decides)."""
+    pending: int = 0
+    """Changes the destination accepted in this run without carrying them out yet (confirmed by a later run)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
         out: dict[str, Any] = {"status": self.status, **self.counts, "seconds": round(self.seconds, 3),
                                "errors_detail": self.errors, "message": self.message, "cursor": self.cursor,
                                "warnings": self.warnings, "notes": self.notes,
-                               "deletes_inferred": self.deletes_inferred, "unknown": self.unknown}
+                               "deletes_inferred": self.deletes_inferred, "unknown": self.unknown,
+                               "pending": self.pending}
         if self.samples:
             out["samples"] = self.samples
         return out
@@ -407,6 +410,9 @@ class Engine:
                 raise RunFailed(f"--strict: {report.warnings[0]}")
             report.cursor = None if options.dry_run or replay else source.finish()
             status = "partial" if report.counts["errors"] else "ok"
+            if report.pending:
+                report.notes.append(f"{report.pending} change(s) were accepted but not yet carried out (pending); "
+                                    "the next run checks them")
             if report.unknown:
                 report.notes.append(f"{report.unknown} record(s) were sent without a known outcome and are held "
                                     f"(syncengine dead-letters --sync {sync.name})")

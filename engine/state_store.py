@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS runs (
     owner TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_stream ON runs (stream_id, id);
+CREATE TABLE IF NOT EXISTS pending (
+    stream_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    action TEXT NOT NULL,
+    since TEXT NOT NULL,
+    PRIMARY KEY (stream_id, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letters (
     stream_id INTEGER NOT NULL,
     key TEXT NOT NULL,
@@ -98,6 +105,10 @@ UNKNOWN = "unknown"
 COUNTERS = ("read", "creates", "updates", "deletes", "unchanged", "filtered", "skipped", "errors")
 """What a run counts (one column each in ``runs``), in the order reports show them."""
 
+
+STALE = b"\xff" * 16
+"""The hash of a record whose last delete was accepted but never carried out: no mapped record hashes to it,
+so the next run sends the record again, or infers its delete again."""
 
 HeldRow = tuple[str, str | None, str | None, str | None, str, str | None, str | None, bytes]
 """A dead letter whose outcome is unknown: the dead row's fields and the hash of what was sent."""
@@ -342,21 +353,25 @@ class StateStore:
                      upserts: Sequence[tuple[str, bytes, str | None, str | None]] = (),
                      deletes: Sequence[str] = (),
                      dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]] = (),
-                     resolved: Sequence[str] = (), held: Sequence[HeldRow] = (), synced: bool = True) -> None:
+                     resolved: Sequence[str] = (), held: Sequence[HeldRow] = (),
+                     pending: Sequence[tuple[str, str]] = (), settled_pending: Sequence[str] = (),
+                     synced: bool = True) -> None:
         """Record an acknowledged batch, its dead letters and the run's progress in one transaction.
 
         ``synced=False`` commits without waiting for the disk (``synchronous = NORMAL``): the
         transaction survives the process being killed, and the next synced commit makes it (and every
         one before it) survive a power cut too. Per-record destinations use it for their group
         commits, with a synced one every few hundred milliseconds. ``held`` are dead letters whose
-        outcome is unknown (a dead row plus the hash of what was sent).
+        outcome is unknown (a dead row plus the hash of what was sent). ``pending`` are (key, action) of
+        changes accepted but not carried out yet; ``settled_pending`` keys are no longer pending.
         """
         db = self.db
         now = utc_now()
         if not synced:
             db.execute("PRAGMA synchronous = NORMAL")
         try:
-            self._commit_batch(stream_id, run_row, counts, upserts, deletes, dead, resolved, held, now)
+            self._commit_batch(stream_id, run_row, counts, upserts, deletes, dead, resolved, held, now,
+                               pending, settled_pending)
         finally:
             if not synced:
                 db.execute("PRAGMA synchronous = FULL")
@@ -364,10 +379,17 @@ class StateStore:
     def _commit_batch(self, stream_id: int, run_row: int, counts: dict[str, int],
                       upserts: Sequence[tuple[str, bytes, str | None, str | None]], deletes: Sequence[str],
                       dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]],
-                      resolved: Sequence[str], held: Sequence[HeldRow], now: str) -> None:
+                      resolved: Sequence[str], held: Sequence[HeldRow], now: str,
+                      pending: Sequence[tuple[str, str]] = (), settled_pending: Sequence[str] = ()) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if settled_pending:
+                db.executemany("DELETE FROM pending WHERE stream_id = ? AND key = ?",
+                               [(stream_id, k) for k in settled_pending])
+            if pending:
+                db.executemany("INSERT OR REPLACE INTO pending (stream_id, key, action, since) VALUES (?, ?, ?, ?)",
+                               [(stream_id, k, a, now) for k, a in pending])
             if upserts:
                 db.executemany("INSERT INTO records (stream_id, key, hash, remote_id, memo) VALUES (?, ?, ?, ?, ?) "
                                "ON CONFLICT (stream_id, key) DO UPDATE SET hash = excluded.hash, "
@@ -452,6 +474,33 @@ class StateStore:
         wanted = set(keys) if keys is not None else None
         return [DeadLetter(k, a, json.loads(r) if r else None, json.loads(p) if p else None, e, f, loc, n, t0, t1,
                            st) for k, a, r, p, e, f, loc, n, t0, t1, st in rows if wanted is None or k in wanted]
+
+    def pending_keys(self, stream_id: int) -> set[str]:
+        """Keys of changes accepted but not carried out yet."""
+        return {r[0] for r in self.db.execute("SELECT key FROM pending WHERE stream_id = ?", (stream_id,))}
+
+    def pending_changes(self, stream_id: int) -> list[tuple[str, str, str | None, str]]:
+        """(key, action, remote id, since) of the pending changes, oldest first."""
+        return [(k, a, r, t) for k, a, r, t in self.db.execute(
+            "SELECT p.key, p.action, r.remote_id, p.since FROM pending p LEFT JOIN records r ON r.stream_id = "
+            "p.stream_id AND r.key = p.key WHERE p.stream_id = ? ORDER BY p.since, p.key", (stream_id,))]
+
+    def settle_pending(self, stream_id: int, done: Sequence[str], undone: Sequence[tuple[str, str]]) -> None:
+        """Settle pending changes: ``done`` happened; ``undone`` (key, action) did not, so the record is sent
+        again: a create or update is forgotten, a delete comes back as a record that must be checked again."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM pending WHERE stream_id = ? AND key = ?",
+                           [(stream_id, k) for k in (*done, *(k for k, _ in undone))])
+            db.executemany("DELETE FROM records WHERE stream_id = ? AND key = ?",
+                           [(stream_id, k) for k, a in undone if a != "delete"])
+            db.executemany("INSERT OR REPLACE INTO records (stream_id, key, hash) VALUES (?, ?, ?)",
+                           [(stream_id, k, STALE) for k, a in undone if a == "delete"])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def held_keys(self, stream_id: int) -> set[str]:
         """Keys whose last send has no known outcome (held: not sent again until someone decides)."""
@@ -538,6 +587,7 @@ class StateStore:
             cursor = self.cursor(stream_id)
             records = db.execute("DELETE FROM records WHERE stream_id = ?", (stream_id,)).rowcount
             dead = db.execute("DELETE FROM dead_letters WHERE stream_id = ?", (stream_id,)).rowcount
+            db.execute("DELETE FROM pending WHERE stream_id = ?", (stream_id,))
             db.execute("UPDATE streams SET cursor = NULL WHERE id = ?", (stream_id,))
             db.execute("INSERT INTO runs (run_id, stream_id, kind, started_at, finished_at, status, message, seconds, "
                        "owner) VALUES (?, ?, 'reset', ?, ?, 'ok', ?, 0, ?)",

@@ -36,6 +36,7 @@ from engine.interfaces import (
     Acknowledging,
     AtMostOnce,
     Change,
+    Confirming,
     Deleted,
     Delivery,
     DestinationStream,
@@ -138,6 +139,7 @@ class SyncLoop:
     def run(self, source: SourceStream, mapping: Mapping_, cursor: str | None, *, replaying: bool) -> None:
         """Read the source, map and write every batch, then replay leftovers and infer deletes."""
         self.source = source
+        self.confirm_pending()
         # Retrying dead letters that still fail is what a retry is for: no budget applies to it.
         self.budgeted = not replaying
         known_before = self.state.known_count()
@@ -206,6 +208,26 @@ class SyncLoop:
         fields = self.sync.key_fields
         return {f: values.get(f) for f in fields} if fields else values
 
+    def confirm_pending(self) -> None:
+        """Ask the destination whether the changes it accepted earlier (202) were carried out."""
+        if not self.state.pending or self.dry or not isinstance(self.writer, Confirming):
+            return
+        pending = self.state.pending_changes()
+        actions = {p.key: p.action for p in pending}
+        done: list[str] = []
+        undone: list[tuple[str, str]] = []
+        for key, happened in self.writer.confirm(pending):
+            if key not in actions:
+                continue
+            if happened:
+                done.append(key)
+            else:
+                undone.append((key, actions[key]))
+        self.state.settle_pending(done, undone)
+        left = len(pending) - len(done) - len(undone)
+        self.report.notes.append(f"{len(pending)} change(s) accepted earlier were checked: {len(done)} carried out, "
+                                 f"{len(undone)} not (sent again)" + (f", {left} still pending" if left else ""))
+
     # --- a pushed record -----------------------------------------------------------------------------
 
     def push(self, event: PushEvent, mapping: Mapping_, key_mapping: Mapping_) -> Delivery:
@@ -225,6 +247,12 @@ class SyncLoop:
         if mapped is None:
             self.flush({}, [record], [])
             return Delivery(200, "filtered out by the mapping's filter")
+        if event.strict:
+            live = self.state.is_live(mapped.key)
+            if action == CREATE and live:
+                return Delivery(409, f"'{mapped.key}' exists; update it instead")
+            if action != CREATE and not live:
+                return Delivery(404, f"no record '{mapped.key}'")
         digest = TOMBSTONE if action == DELETE else record_hash(mapped.values)
         try:
             self.flush({mapped.key: (mapped.values, digest, record, action)}, [], [])
@@ -267,6 +295,8 @@ class SyncLoop:
                 if outcome.ok:
                     counts[COUNTER_OF[change.action]] += 1
                     delivered.append((change, entry[1], outcome))
+                    if outcome.pending:
+                        self.report.pending += 1
                     if explain is not None:
                         explain[change.key] = (200, f"{PAST[change.action]} '{change.key}'")
                     continue
@@ -478,12 +508,14 @@ class SyncLoop:
                                             force=self.options.force_deletes, condition=self.delete_condition()):
             for group in self.deliver(changes):
                 ok = [changes[i].key for i, o in group if o.ok]
+                accepted = [changes[i].key for i, o in group if o.ok and o.pending]
+                self.report.pending += len(accepted)
                 dead = [self.dead_row(RecordError(o.error or "delete rejected", key=changes[i].key, field=o.field),
                                       DELETE, None, None) for i, o in group if not o.ok]
                 self.counts["deletes"] += len(ok)
                 self.counts["errors"] += len(dead)
                 self.note_errors(dead)
-                self.state.commit(self.counts, deletes=ok, dead=dead)
+                self.state.commit(self.counts, deletes=ok, dead=dead, deletes_pending=accepted)
 
     def delete_condition(self) -> Callable[[str, Mapping[str, Any] | None], bool] | None:
         """``delete_when`` compiled: whether a missing key, by its remembered fields, is a delete."""

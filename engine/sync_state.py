@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import DeleteGuardTripped
-from engine.interfaces import CREATE, DELETE, UPDATE, Change, Outcome
+from engine.interfaces import CREATE, DELETE, UPDATE, Change, Outcome, PendingChange
 from engine.state_store import COUNTERS, TOMBSTONE, DeadLetter, HeldRow, StateStore
 
 DeadRow = tuple[str, str | None, str | None, str | None, str, str | None, str | None]
@@ -79,6 +79,8 @@ class SyncState:
         self.dead_keys: set[str] = store.dead_keys(self.stream_id)
         self.held: set[str] = store.held_keys(self.stream_id) if self.dead_keys else set()
         """Keys sent without a known outcome: never sent again until someone decides."""
+        self.pending: set[str] = store.pending_keys(self.stream_id) if self.stream_id >= 0 else set()
+        """Keys of changes the destination accepted but had not carried out yet."""
         self.run_row = 0
         self.memo_fields = memo_fields
         self._missing: int | None = None
@@ -157,6 +159,11 @@ class SyncState:
                                            state.remote_id if live else None, key_values))
         return decision
 
+    def is_live(self, key: str) -> bool:
+        """Whether the destination holds the key as far as the state knows (delivered and not deleted)."""
+        found = self.store.lookup(self.stream_id, key)
+        return found is not None and found[0] != TOMBSTONE
+
     def mark_seen(self, keys: Sequence[str]) -> None:
         """Count keys as present in this run (records that failed, so a snapshot does not delete them)."""
         self.store.mark_seen(keys)
@@ -179,7 +186,8 @@ class SyncState:
 
     def commit(self, counts: dict[str, int], *, delivered: Sequence[tuple[Change, bytes, Outcome]] = (),
                deletes: Sequence[str] = (), dead: Sequence[DeadRow] = (), settled: Sequence[str] = (),
-               unknown: Sequence[HeldRow] = (), synced: bool = True) -> None:
+               unknown: Sequence[HeldRow] = (), synced: bool = True,
+               deletes_pending: Sequence[str] = ()) -> None:
         """Record what the destination acknowledged, with the run's progress, in one transaction.
 
         ``delivered`` are acknowledged changes with the hash of what was sent: a pushed delete leaves
@@ -196,8 +204,15 @@ class SyncState:
             for change, digest, outcome in delivered]
         dead_keys = self.dead_keys
         resolved = [k for k in (*(u[0] for u in upserts), *deletes, *settled) if k in dead_keys] if dead_keys else []
+        accepted = [(change.key, change.action) for change, _, outcome in delivered if outcome.pending]
+        accepted += [(key, DELETE) for key in deletes_pending]
+        was_pending = self.pending
+        settled_pending = [k for k in (*(u[0] for u in upserts), *deletes) if k in was_pending] if was_pending else []
         self.store.commit_batch(self.stream_id, self.run_row, counts, upserts=upserts, deletes=deletes, dead=dead,
-                                resolved=resolved, held=unknown, synced=synced)
+                                resolved=resolved, held=unknown, synced=synced, pending=accepted,
+                                settled_pending=settled_pending)
+        was_pending.difference_update(settled_pending)
+        was_pending.update(k for k, _ in accepted)
         dead_keys.difference_update(resolved)
         dead_keys.update(row[0] for row in dead)
         if self.held:
@@ -206,6 +221,21 @@ class SyncState:
         if unknown:
             dead_keys.update(row[0] for row in unknown)
             self.held.update(row[0] for row in unknown)
+
+    # --- pending changes ----------------------------------------------------------------------------------
+
+    def pending_changes(self) -> list[PendingChange]:
+        """The changes accepted earlier and not known to be carried out."""
+        return [PendingChange(key, action, self.key_values_of(key), remote_id, since)
+                for key, action, remote_id, since in self.store.pending_changes(self.stream_id)]
+
+    def settle_pending(self, done: Sequence[str], undone: Sequence[tuple[str, str]]) -> None:
+        """Record what the destination confirmed: done, or not done (then the record is sent again)."""
+        if self.dry or not (done or undone):
+            return
+        self.store.settle_pending(self.stream_id, done, undone)
+        self.pending.difference_update(done)
+        self.pending.difference_update(k for k, _ in undone)
 
     # --- what to replay ---------------------------------------------------------------------------------
 

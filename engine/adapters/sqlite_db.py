@@ -339,11 +339,40 @@ class SqliteDestination:
         """The table a sync writes."""
         return options.table
 
+    def count(self, options: SqliteDestinationOptions) -> int:
+        """How many records the sync's table holds (none before it exists)."""
+        if not self._table_exists(options.table):
+            return 0
+        return int(self.db.execute(f"SELECT count(*) FROM {quote(options.table)}").fetchone()[0])
+
+    def rows(self, options: SqliteDestinationOptions, offset: int, limit: int) -> list[dict[str, Any]]:
+        """A page of the table's records in insertion order; objects and lists written as JSON come back as such."""
+        if not self._table_exists(options.table):
+            return []
+        cursor = self.db.execute(f"SELECT * FROM {quote(options.table)} ORDER BY rowid LIMIT ? OFFSET ?",
+                                 (limit, offset))
+        names = [d[0] for d in cursor.description]
+        return [{n: _read_back(v) for n, v in zip(names, row, strict=True)} for row in cursor.fetchall()]
+
+    def _table_exists(self, table: str) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?",
+                               (table,)).fetchone() is not None
+
     def close(self) -> None:
         """Close the connection."""
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _read_back(value: Any) -> Any:
+    """A stored value as it was written: an object or a list was stored as JSON text."""
+    if isinstance(value, str) and value[:1] in ("{", "[") and value[-1:] in ("}", "]"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 class _LazyStream:

@@ -59,8 +59,12 @@ def _now() -> str:
 
 
 def _stream_data(stream: DiscoveredStream) -> dict[str, Any]:
-    return {"name": stream.name, "key": list(stream.key),
-            "fields": [{"name": f.name, "type": f.type, "required": f.required} for f in stream.fields]}
+    data: dict[str, Any] = {"name": stream.name, "key": list(stream.key),
+                            "fields": [{"name": f.name, "type": f.type, "required": f.required}
+                                       for f in stream.fields]}
+    if stream.closed:
+        data["closed"] = True
+    return data
 
 
 def _discoverable(endpoint: Endpoint) -> bool | None:
@@ -242,6 +246,66 @@ def strict_record_reads(ast: nodes.Template) -> list[tuple[str, int]]:
 
     walk(ast, None)
     return [(name, line) for name, line in reads if name not in guarded]
+
+
+def destination_stream(cache: Mapping[str, Any], sync: SyncSpec,
+                       endpoint: Endpoint) -> tuple[str, list[dict[str, Any]]] | None:
+    """(name, fields) of the closed stream a sync writes, when the cache still matches config and options."""
+    try:
+        entry = cache["destinations"][endpoint.name]
+        chosen = cache["syncs"][sync.name]["destination"]
+        if entry["adapter"] != endpoint.spec.name or entry["config"] != fingerprint(endpoint.config):
+            return None
+        if chosen["endpoint"] != endpoint.name or chosen["options"] != fingerprint(sync.destination_options):
+            return None
+        stream = next(s for s in entry["streams"] if s["name"] == chosen["stream"])
+        if not stream.get("closed"):
+            return None
+        return str(stream["name"]), [f for f in stream["fields"] if isinstance(f, dict)]
+    except (KeyError, TypeError, AttributeError, StopIteration):
+        return None
+
+
+def output_field_problems(pipeline: str, state_path: Path, destinations: Mapping[str, Endpoint],
+                          syncs: Mapping[str, SyncSpec]) -> list[Problem]:
+    """A problem for each output field a mapping makes that the destination's discovered layout lacks, and for
+    each required field of the layout the mapping never makes (only for closed streams: a connector's layout)."""
+    document = read_cache(cache_path(state_path))
+    cache = document["pipelines"].get(pipeline) if document is not None else None
+    if not isinstance(cache, dict):
+        return []
+    problems: list[Problem] = []
+    for sync in syncs.values():
+        endpoint = destinations.get(sync.destination)
+        known = destination_stream(cache, sync, endpoint) if endpoint is not None and sync.fields else None
+        if known is None:
+            continue
+        stream, fields = known
+        names = {str(f["name"]) for f in fields}
+        leaves = [(tuple(str(p) for p in f.path if not isinstance(p, int)), f.location) for f in sync.fields or ()]
+        if sync.group is not None:
+            leaves += [((*sync.group.into, *(str(p) for p in f.path if not isinstance(p, int))), f.location)
+                       for f in sync.group.fields]
+        made: set[str] = set()
+        for path, location in leaves:
+            dotted = ".".join(path)
+            made.update(".".join(path[:i]) for i in range(1, len(path) + 1))
+            hint = did_you_mean(dotted, sorted(names))
+            if dotted in names or not hint:
+                continue  # a name with no near match is an extra field the layout does not list, not a typo
+            file, _, line = location.rpartition(":")
+            problems.append(Problem(file, int(line) if line.isdigit() else 1, 1,
+                                    f"syncs.{sync.name}.mapping.fields.{dotted}",
+                                    f"'{dotted}' is not a field of '{stream}' in the layout of destination "
+                                    f"'{endpoint.name if endpoint else ''}'{hint}"))
+        for f in fields:
+            name = str(f["name"])
+            parent = name.rpartition(".")[0]
+            if f.get("required") and name not in made and (not parent or parent in made):
+                file, _, line = sync.location.rpartition(":")
+                problems.append(Problem(file, int(line) if line.isdigit() else 1, 1, f"syncs.{sync.name}.mapping",
+                                        f"the layout of '{stream}' requires '{name}', which the mapping does not make"))
+    return problems
 
 
 def _templates(sync: SyncSpec) -> Iterator[tuple[str, str, list[YamlPath]]]:

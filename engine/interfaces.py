@@ -277,6 +277,9 @@ class DiscoveredStream:
     name: str
     fields: tuple[DiscoveredField, ...]
     key: tuple[str, ...] = ()
+    closed: bool = False
+    """A destination stream that takes only these fields (a connector's layout), so ``validate`` checks a
+    mapping's output names against them; nested fields are named with dots (``inventory.qty``)."""
 
 
 @runtime_checkable

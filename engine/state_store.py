@@ -261,9 +261,11 @@ class StateStore:
                                    (stream_id, TOMBSTONE)).fetchone()[0])
 
     def keys(self, stream_id: int) -> list[str]:
-        """The live keys a sync has delivered, in key order."""
-        return [r[0] for r in self.db.execute("SELECT key FROM records WHERE stream_id = ? AND hash <> ? ORDER BY key",
-                                              (stream_id, TOMBSTONE))]
+        """The live keys a sync has delivered, in key order (a change accepted but still pending is not)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT r.key FROM records r WHERE r.stream_id = ? AND r.hash NOT IN (?, ?) AND NOT EXISTS "
+            "(SELECT 1 FROM pending p WHERE p.stream_id = r.stream_id AND p.key = r.key) ORDER BY r.key",
+            (stream_id, TOMBSTONE, STALE))]
 
     def lookup(self, stream_id: int, key: str) -> tuple[bytes, str | None] | None:
         """The stored (hash, remote id) of one key, or ``None``."""

@@ -395,6 +395,8 @@ class _Checker:
                 # A missing member points at its parent's first leaf (DeliveryDetail's, for AddressLine1).
                 location = leaves.get(at) or next((loc for p, loc in leaves.items() if p[:len(at) - 1] == at[:-1]
                                                    and len(at) > 1), None)
+            if location is None and fields:
+                location = fields[0].location  # a member the mapping lacks: point at its fields
             file, line, col = _file_line(location or (group.location if group else None) or self.at(sync_path))
             shown = ".".join(str(p) for p in at) if at else format_path((*sync_path, "mapping"))
             self.problems.append(Problem(file, line, col, shown, message))
@@ -480,17 +482,19 @@ def _file_line(location: str) -> tuple[str, int, int]:
     return file, int(line) if line.isdigit() else 1, 1
 
 
-def _discovered_field_problems(file: Path, located: Located, data: dict[str, Any],
-                               sources: dict[str, Endpoint], syncs: dict[str, SyncSpec]) -> list[Problem]:
-    """Source fields the mappings read that ``syncengine discover`` did not find (nothing without its cache)."""
-    from engine.discovery import record_field_problems  # late: discovery builds on this module's types
+def _discovered_field_problems(file: Path, located: Located, data: dict[str, Any], sources: dict[str, Endpoint],
+                               destinations: dict[str, Endpoint], syncs: dict[str, SyncSpec]) -> list[Problem]:
+    """Source fields the mappings read that ``syncengine discover`` did not find, and output fields a
+    destination's discovered layout does not take (nothing without its cache)."""
+    from engine.discovery import output_field_problems, record_field_problems  # late: discovery uses our types
 
     base_dir = file.resolve().parent
     state = data.get("state")
     state_path = state.get("path") if isinstance(state, dict) else None
     name = data["name"] if isinstance(data.get("name"), str) and data["name"] else file.stem
-    return record_field_problems(name, located, base_dir, base_dir / (
-        state_path if isinstance(state_path, str) else DEFAULT_STATE), sources, syncs)
+    where = base_dir / (state_path if isinstance(state_path, str) else DEFAULT_STATE)
+    return (record_field_problems(name, located, base_dir, where, sources, syncs)
+            + output_field_problems(name, where, destinations, syncs))
 
 
 def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: str | None = None,
@@ -521,7 +525,7 @@ def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: s
                     if (e := checker.endpoint("destination", n, b))}
     syncs = {n: s for n, b in section("syncs").items()
              if (s := checker.sync(n, b, sources, destinations, section("sources"), section("destinations")))}
-    checker.problems.extend(_discovered_field_problems(file, located, data, sources, syncs))
+    checker.problems.extend(_discovered_field_problems(file, located, data, sources, destinations, syncs))
     if checker.problems:
         raise PipelineInvalid(checker.problems)
     state = data.get("state") or {}

@@ -11,6 +11,7 @@ from engine.registry import REGISTRY, Registry
 BUILTIN: tuple[str, ...] = (
     "engine.adapters.aljex_live",
     "engine.adapters.csv_file",
+    "engine.adapters.dsync",
     "engine.adapters.http_post",
     "engine.adapters.isync",
     "engine.adapters.jsonl_file",

@@ -194,6 +194,7 @@ class Connection:
         self._client_lock = threading.Lock()
         self._login_lock = threading.Lock()
         self._key: str | None = None
+        self._refused: ConnectError | None = None
         self._locks: list[SessionLock] = []
         self._counter = 0
         self.logins = 0
@@ -273,8 +274,14 @@ class Connection:
     def key(self, stale: str | None = None) -> str:
         """The shared session key; a new login only when there is none or the caller's ``stale`` key is current."""
         with self._login_lock:
+            if self._refused is not None:
+                raise self._refused  # one refused login is enough: retrying it could lock the account
             if self._key is None or self._key == stale:
-                self._key = self._login()
+                try:
+                    self._key = self._login()
+                except ConnectError as exc:
+                    self._refused = exc
+                    raise
             return self._key
 
     def _login(self) -> str:

@@ -161,6 +161,8 @@ class RestClient:
         self.calls = 0
         self.throttled = 0
         """Answers 429 received (the budget should keep this at zero)."""
+        self.waited = 0.0
+        """Seconds this client's calls waited for the rate budget."""
 
     def url(self, path: str, params: Mapping[str, Any] | None = None) -> str:
         """An absolute URL for a path below the base (or a next link the service gave)."""
@@ -194,7 +196,10 @@ class RestClient:
                 token = self.session.token()
                 sent_headers["Authorization"] = f"Bearer {token}"
             if self.budget is not None:
-                self.budget.acquire()
+                waited = self.budget.acquire()
+                if waited:
+                    with self._counting:
+                        self.waited += waited
             with self._counting:
                 self.calls += 1
             result = self.sender.attempt(method, url, body=data, headers=sent_headers, attempt=attempt,
@@ -272,6 +277,16 @@ class RestClient:
         if 200 <= reply.status < 300:
             return reply
         raise ConnectError(f"the service answered HTTP {reply.status}: {reply.text[:300]}")
+
+    def pacing(self) -> str | None:
+        """A line on how the rate budget paced this client's calls, when it did (for a run's notes)."""
+        parts = []
+        if self.waited >= 1:
+            parts.append(f"waited {self.waited:.0f}s for the rate budget ({self.budget.limit if self.budget else '?'} "
+                         "calls/minute)")
+        if self.throttled:
+            parts.append(f"the service answered 429 {self.throttled} time(s) (waited out with Retry-After)")
+        return "; ".join(parts) or None
 
     def close(self) -> None:
         """Close the connections."""

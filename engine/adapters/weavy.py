@@ -235,6 +235,9 @@ class WeavySourceStream:
 
     def finish(self) -> str | None:
         """The cursor (``mode: changes``); a note of the conflicts met."""
+        pacing = self.api.client.pacing()
+        if pacing:
+            self.ctx.note(f"{self.options.entity}: {pacing}")
         if self.conflicts:
             self.ctx.note(f"{self.conflicts} row(s) of '{self.options.entity}' changed on Weavy after they were "
                           "read, so they were not marked exported (a conflict); they are read again")

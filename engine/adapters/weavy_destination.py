@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -129,8 +130,10 @@ class _Stream:
         return out
 
     def call(self, method: str, path: str, **kw: Any) -> Reply:
-        """One request, counted."""
+        """One request, counted; the configured company goes with every write."""
         self.requests += 1
+        if self.api.config.company_code:
+            kw["params"] = self.api.company(dict(kw.get("params") or {}))
         return self.api.client.call(method, path, **kw)
 
     def delete_mode(self) -> str:
@@ -138,7 +141,10 @@ class _Stream:
         return "Physical" if self.options.delete_mode == "physical" else "Logical"
 
     def finish(self) -> None:
-        """Say how many requests the writes took."""
+        """Say how many requests the writes took (and how the rate budget paced them)."""
+        pacing = self.api.client.pacing()
+        if pacing:
+            self.ctx.note(f"{self.entity}: {pacing}")
         if self.requests:
             self.ctx.note(f"{self.requests} request(s) to Weavy for '{self.entity}'"
                           + (f"; {self.rejected} row(s) rejected" if self.rejected else ""))
@@ -196,6 +202,15 @@ class WeavyBulkStream(_Stream):
             raise ConnectError(f"Weavy {what} failed: HTTP {reply.status}: {reply.text[:300]}")
         errors = _errors(reply)
         code_of = {str(item.get(self.key) if isinstance(item, dict) else item): i for i, item in items}
+        if what == "dataset/delete":
+            gone = {str(e.get("rowCode")) for e in errors if _not_found(e)}
+            if gone and gone <= set(code_of):
+                # A row already deleted (by someone else, or by our own delete whose answer was lost) is done.
+                for code in gone:
+                    outcomes[code_of[code]] = Outcome(True)
+                if len(gone) < len(errors) or len(gone) < len(items):
+                    self.send([it for it in items if str(it[1]) not in gone], outcomes, body, what)
+                return
         if len(items) == 1:
             message, field = _describe(errors, reply)
             outcomes[items[0][0]] = Outcome(False, error=message, field=field)
@@ -226,6 +241,8 @@ class WeavyRecordStream(_Stream):
         self.relational = options.write == "relational"
         self.link = options.link_field or self.key
         self._count = threading.Lock()
+        self.claimed: dict[str, set[str]] = {}
+        """Per child entity, the codes records of this run hold (see :meth:`claim`)."""
 
     def write(self, changes: Sequence[Change]) -> list[Outcome]:
         """Every change, answered in order (the engine prefers :meth:`write_each`)."""
@@ -238,14 +255,29 @@ class WeavyRecordStream(_Stream):
     def write_each(self, changes: Sequence[Change]) -> Iterator[list[tuple[int, Outcome]]]:
         """Send the changes, ``concurrency`` at once, yielding outcomes as they complete."""
         if changes:
+            if self.relational:
+                self.claim(changes)
             send = self.send_dataset if self.relational else self.send_record
             yield from each_completed(self.executor, self.api.config.concurrency, changes, send)
 
     def call(self, method: str, path: str, **kw: Any) -> Reply:
-        """One request, counted (from several threads)."""
+        """One request, counted (from several threads); the configured company goes with every write."""
         with self._count:
             self.requests += 1
+        if self.api.config.company_code:
+            kw["params"] = self.api.company(dict(kw.get("params") or {}))
         return self.api.client.call(method, path, **kw)
+
+    def claim(self, changes: Sequence[Change]) -> None:
+        """Note the children every record of this run holds, before any is sent, so that a child another
+        record now holds is never deleted as 'removed' from its former parent."""
+        for change in changes:
+            values = change.values or {}
+            for list_field, entity in self.options.children.items():
+                rows = values.get(list_field)
+                if isinstance(rows, list):
+                    self.claimed.setdefault(entity, set()).update(
+                        str(r[f"{entity}_ID"]) for r in rows if isinstance(r, dict) and r.get(f"{entity}_ID"))
 
     def failed(self, reply: Reply) -> Outcome:
         """A rejected request as the record's outcome."""
@@ -263,7 +295,7 @@ class WeavyRecordStream(_Stream):
             reply = self.call("DELETE", path, params=params)
             return Outcome(True) if reply.status in (200, 204, 404, 410) else self.failed(reply)
         try:
-            row = self.row(self.entity, self.fields, change.values or {}, skip=(self.key,))
+            row = self.row(self.entity, self.fields, change.values or {})
         except RecordError as exc:
             return Outcome(False, error=exc.message, field=exc.field)
         del row[self.key]
@@ -304,16 +336,36 @@ class WeavyRecordStream(_Stream):
                                    "TargetRowCode": c, "TargetFieldName": self.link} for c in now[entity]]
             except RecordError as exc:
                 return Outcome(False, error=exc.message, field=exc.field)
+        # Children the record no longer has are deleted, unless another record of this run holds them now
+        # (a contact moved to another customer); only entities still listed in `children` are considered.
+        current = set(self.options.children.values())
+        claimed = self.claimed
         deletes = [{"entityName": entity, "rowCodes": gone, "deleteMode": self.delete_mode()}
-                   for entity, codes in before.items() if (gone := sorted(set(codes) - set(now.get(entity, []))))]
+                   for entity, codes in before.items() if entity in current
+                   and (gone := sorted(set(codes) - set(now.get(entity, [])) - claimed.get(entity, set())))]
         if change.action == DELETE:
             deletes.append({"entityName": self.entity, "rowCodes": [code], "deleteMode": self.delete_mode()})
-        reply = self.call("POST", self.api.path("relationalDataset"),
-                          body={"noResultData": True, "data": data, "relations": relations, "deletes": deletes})
+        body: dict[str, Any] = {"noResultData": True, "data": data, "relations": relations, "deletes": deletes}
+        reply = self.call("POST", self.api.path("relationalDataset"), body=body)
+        gone_already = {(str(e.get("entity")), str(e.get("rowCode"))) for e in _errors(reply) if _not_found(e)}
+        if reply.status == 400 and gone_already and len(gone_already) == len(_errors(reply)):
+            # Rows to delete that are not there any more: the document without those deletes.
+            left = [{**d, "rowCodes": [c for c in d["rowCodes"] if (d["entityName"], c) not in gone_already]}
+                    for d in deletes]
+            body["deletes"] = [d for d in left if d["rowCodes"]]
+            reply = self.call("POST", self.api.path("relationalDataset"), body=body)
         if not 200 <= reply.status < 300:
             return self.failed(reply)
         return Outcome(True, remote_id=json.dumps({e: sorted(c) for e, c in now.items() if c}, sort_keys=True)
                        if any(now.values()) else code)
+
+
+_NOT_FOUND = re.compile(r"not found|does not exist|n'existe pas|introuvable", re.IGNORECASE)
+
+
+def _not_found(error: dict[str, Any]) -> bool:
+    """Whether a row error says the row is not there (a delete of it is then done)."""
+    return error.get("rowCode") is not None and bool(_NOT_FOUND.search(str(error.get("message") or "")))
 
 
 def _children_of(remote_id: str | None) -> dict[str, list[str]]:

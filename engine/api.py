@@ -179,10 +179,38 @@ def environment(env_file: str | Path | None) -> Iterator[dict[str, str]]:
 # --- pipelines -------------------------------------------------------------------------------------
 
 
-def load(path: str | Path, *, variables: Mapping[str, Any] | None = None) -> Pipeline:
-    """Validate a pipeline file (raises :class:`~engine.errors.PipelineInvalid`); ``variables`` set ``vars``."""
+def load(path: str | Path, *, variables: Mapping[str, Any] | None = None, profile: str | None = None) -> Pipeline:
+    """Validate a pipeline file (raises :class:`~engine.errors.PipelineInvalid`); ``variables`` set ``vars``;
+    ``profile`` loads that profile's instance (its vars, environment names and state namespace)."""
     register_builtins(REGISTRY)
-    return load_pipeline(path, REGISTRY, overrides=dict(variables) if variables else None)
+    return load_pipeline(path, REGISTRY, overrides=dict(variables) if variables else None, profile=profile)
+
+
+def profile_names(path: str | Path, *, enabled_only: bool = True) -> list[str]:
+    """The profiles of a pipeline's profiles file (the enabled ones by default); none is a configuration error."""
+    from engine.profiles import load_profiles, profiles_path
+    from engine.yaml_source import load_located
+
+    file = Path(path)
+    found = profiles_path(file, load_located(file).data) if file.is_file() else None
+    if found is None:
+        raise ConfigError(f"{path}: no profiles file (profiles.yml beside the pipeline, or a `profiles:` key)")
+    return [name for name, p in load_profiles(found).items() if p.enabled or not enabled_only]
+
+
+def set_connected(path: PipelineRef, *, connected: bool, syncs: Sequence[str] = (), group: str | None = None,
+                  state: str | Path | None = None, variables: Mapping[str, Any] | None = None) -> list[str]:
+    """Disconnect (or connect again) syncs: those named, a group's, or every sync; returns those that changed.
+
+    A disconnected sync is skipped by the scheduler and refused by ``apply`` when asked for by name."""
+    pipeline = _pipeline(path, variables)
+    check_syncs(pipeline, syncs)
+    chosen = list(dict.fromkeys([*syncs, *(pipeline.group_syncs(group) if group else ())])) or list(pipeline.syncs)
+    store = StateStore(_state_file(pipeline, state))
+    try:
+        return store.set_connected(pipeline.name, chosen, connected)
+    finally:
+        store.close()
 
 
 def check_syncs(pipeline: Pipeline, names: Sequence[str] | None) -> None:
@@ -344,13 +372,16 @@ class SyncStatus:
     last_run: dict[str, Any] | None
     held: int = 0
     """Dead letters whose outcome is unknown (not sent again until someone decides)."""
+    disconnected: str | None = None
+    """Since when the sync is disconnected, or ``None``."""
     pending: int = 0
     """Changes accepted by the destination and not yet confirmed as carried out."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as ``status --json`` prints it."""
         return {"sync": self.sync, "known": self.known, "cursor": self.cursor, "dead_letters": self.dead_letters,
-                "held": self.held, "pending": self.pending, "last_run": self.last_run}
+                "held": self.held, "pending": self.pending, "disconnected": self.disconnected,
+                "last_run": self.last_run}
 
 
 def status(path: PipelineRef, *, state: str | Path | None = None,
@@ -359,14 +390,15 @@ def status(path: PipelineRef, *, state: str | Path | None = None,
     pipeline = _pipeline(path, variables)
     rows: list[SyncStatus] = []
     with _reading(pipeline, state) as store:
+        off = store.disconnected(pipeline.name)
         for name in pipeline.syncs:
             stream = store.find_stream(pipeline.name, name)
             if stream is None:
-                rows.append(SyncStatus(name, 0, None, 0, None))
+                rows.append(SyncStatus(name, 0, None, 0, None, disconnected=off.get(name)))
                 continue
             rows.append(SyncStatus(name, store.known_count(stream), store.cursor(stream),
                                    len(store.dead_keys(stream)), store.last_run(stream), len(store.held_keys(stream)),
-                                   len(store.pending_keys(stream))))
+                                   off.get(name), len(store.pending_keys(stream))))
     return rows
 
 

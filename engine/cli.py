@@ -23,7 +23,15 @@ from typer.core import TyperGroup
 from engine import api
 from engine.adapters import register_builtins
 from engine.config import Pipeline, load_pipeline, load_schema
-from engine.errors import EXIT_FAILED, EXIT_INVALID, EXIT_OK, ConfigError, PipelineInvalid, SyncEngineError
+from engine.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    ConfigError,
+    Disconnected,
+    PipelineInvalid,
+    SyncEngineError,
+)
 from engine.logs import JsonLinesHandler
 from engine.logs import configure as configure_logging
 from engine.registry import REGISTRY, ROLES
@@ -67,6 +75,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 VarOpt = Annotated[list[str] | None, typer.Option(
     "--var", metavar="NAME=VALUE", show_default=False,
     help="Set or override a pipeline var (repeatable); the value is JSON if it parses as JSON, else text.")]
+ProfileOpt = Annotated[str | None, typer.Option(
+    "--profile", "-p", show_default=False,
+    help="Run as this profile of the pipeline (profiles.yml): its vars, environment names and own state.")]
+AllProfilesOpt = Annotated[bool, typer.Option("--all-profiles", help="Every enabled profile, one after the other.")]
+GroupOpt = Annotated[str | None, typer.Option("--group", "-g", show_default=False,
+                                              help="Only this group's syncs (the pipeline's `groups:`).")]
 EnvFileOpt = Annotated[Path | None, typer.Option(
     "--env-file", metavar="FILE", show_default=False,
     help="Read environment variables from a dotenv file for this run (variables already set win).")]
@@ -218,16 +232,40 @@ def _summary(report: RunReport, as_json: bool) -> None:
                           markup=False)
 
 
+def _ref(pipeline: Path, var: list[str] | None, profile: str | None) -> api.PipelineRef:
+    """The pipeline as a verb works on it: the file, or a profile's instance of it."""
+    return api.load(pipeline, variables=_vars(var), profile=profile) if profile else pipeline
+
+
+def _profiles(pipeline: Path, profile: str | None, all_profiles: bool) -> list[str | None]:
+    """The profiles a verb runs for: one, every enabled one, or none (the pipeline itself)."""
+    if all_profiles and profile:
+        raise ConfigError("use --profile or --all-profiles, not both")
+    return list(api.profile_names(pipeline)) if all_profiles else [profile]
+
+
 def _run(pipeline: Path, options: RunOptions, state: str | None, as_json: bool, var: list[str] | None = None,
-         env_file: Path | None = None) -> None:
+         env_file: Path | None = None, profiles: list[str | None] | None = None) -> None:
     progress = options.progress
+    worst = 0
     try:
-        report = api.run(pipeline, options, state=state, variables=_vars(var), env_file=env_file)
+        many = len(profiles or []) > 1
+        for profile in profiles or [None]:
+            ref = _ref(pipeline, var, profile)
+            try:
+                report = api.run(ref, options, state=state, variables=None if profile else _vars(var),
+                                 env_file=env_file)
+            except Disconnected as exc:
+                if not many:
+                    raise
+                out.print(f"{profile}: skipped: {exc}", markup=False)  # one tenant switched off is no failure
+                continue
+            _summary(report, as_json)
+            worst = max(worst, report.exit_code)
     finally:
         if isinstance(progress, _Progress):
             progress.stop()
-    _summary(report, as_json)
-    raise typer.Exit(report.exit_code)
+    raise typer.Exit(worst)
 
 
 @app.command()
@@ -243,10 +281,12 @@ def plan(pipeline: PipelineArg, sync: SyncOpt = None, full_refresh: Annotated[bo
         "--full-refresh", help="Plan as if resending everything.")] = False,
          since: Annotated[str | None, typer.Option(help="Override the cursor for this run.")] = None,
          sample: Annotated[int, typer.Option(help="Rendered records to show per action.")] = 3,
+         group: GroupOpt = None, profile: ProfileOpt = None, all_profiles: AllProfilesOpt = False,
          state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
     """Dry run through the same path as apply: counts and sample records; nothing is written anywhere."""
     _run(pipeline, RunOptions(syncs=tuple(sync or ()), dry_run=True, full_refresh=full_refresh, since=since,
-                              sample_size=sample), state, as_json, var, env_file)
+                              sample_size=sample, group=group), state, as_json, var, env_file,
+         _profiles(pipeline, profile, all_profiles))
 
 
 @app.command()
@@ -258,20 +298,23 @@ def apply(pipeline: PipelineArg, sync: SyncOpt = None,
                                                       help="Allow deletes beyond max_delete_share.")] = False,
           strict: Annotated[bool, typer.Option("--strict", help="Fail a sync that warns (a source glob that "
                                                                 "matches no file).")] = False,
+          group: GroupOpt = None, profile: ProfileOpt = None, all_profiles: AllProfilesOpt = False,
           state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
     """Run the syncs: send creates, updates and deletes since the last good run."""
     progress = None if as_json or _json_logs() else _Progress()  # bars would break a JSON log on stderr
     _run(pipeline, RunOptions(syncs=tuple(sync or ()), full_refresh=full_refresh, since=since,
-                              force_deletes=force_deletes, progress=progress, strict=strict), state, as_json,
-         var, env_file)
+                              force_deletes=force_deletes, progress=progress, strict=strict, group=group), state,
+         as_json, var, env_file, _profiles(pipeline, profile, all_profiles))
 
 
 @app.command()
 def retry(pipeline: PipelineArg, sync: Annotated[str, typer.Option("--sync", "-s", help="The sync.")],
           key: Annotated[list[str] | None, typer.Option("--key", "-k", help="Only this key (repeatable).")] = None,
-          state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
+          profile: ProfileOpt = None, state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None,
+          env_file: EnvFileOpt = None) -> None:
     """Retry a sync's dead letters now (all, or the given keys)."""
-    report = api.retry(pipeline, sync, keys=key, state=state, variables=_vars(var), env_file=env_file)
+    report = api.retry(_ref(pipeline, var, profile), sync, keys=key, state=state,
+                       variables=None if profile else _vars(var), env_file=env_file)
     _summary(report, as_json)
     raise typer.Exit(report.exit_code)
 
@@ -288,7 +331,8 @@ def dead_letters(pipeline: PipelineArg, sync: SyncOpt = None,
                      help="A held record (outcome unknown) was carried out: record it as sent, never send it again "
                           "(repeatable; needs one --sync).")
                  ] = None,
-                 state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
+                 profile: ProfileOpt = None, state: StateOpt = None, as_json: JsonOpt = False,
+                 var: VarOpt = None) -> None:
     """List the records that failed or are held (outcome unknown), or decide about some (--discard, --mark-sent)."""
     if discard or mark_sent:
         if discard and mark_sent:
@@ -298,15 +342,16 @@ def dead_letters(pipeline: PipelineArg, sync: SyncOpt = None,
             raise ConfigError(f"{flag} needs exactly one --sync: the sync the keys belong to")
         name = (sync or [""])[0]
         sent = bool(mark_sent)
-        count = api.discard_dead_letters(pipeline, name, mark_sent or discard or [], state=state,
-                                         variables=_vars(var), sent=sent)
+        count = api.discard_dead_letters(_ref(pipeline, var, profile), name, mark_sent or discard or [], state=state,
+                                         variables=None if profile else _vars(var), sent=sent)
         verb = "marked as sent" if sent else "discarded"
         if as_json:
             out.print(json.dumps({"sync": name, "marked_sent" if sent else "discarded": count}), markup=False)
         else:
             out.print(f"{name}: {verb} {count} dead letter{'s' if count != 1 else ''}", markup=False)
         return
-    rows = [d.to_dict() for d in api.dead_letters(pipeline, syncs=sync or (), state=state, variables=_vars(var))]
+    rows = [d.to_dict() for d in api.dead_letters(_ref(pipeline, var, profile), syncs=sync or (), state=state,
+                                                  variables=None if profile else _vars(var))]
     if as_json:
         out.print(json.dumps(rows, indent=2, default=str), markup=False)
         return
@@ -323,38 +368,73 @@ _check_syncs = api.check_syncs
 
 
 @app.command()
-def status(pipeline: PipelineArg, state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
-    """Per sync: records known, cursor, dead letters and the last run."""
-    loaded = api.load(pipeline, variables=_vars(var))
-    result = api.status(loaded, state=state)
+def status(pipeline: PipelineArg, profile: ProfileOpt = None, all_profiles: AllProfilesOpt = False,
+           state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
+    """Per sync: records known, cursor, dead letters, pending and held records, connected, and the last run."""
+    everything = []
+    for name in _profiles(pipeline, profile, all_profiles):
+        loaded = api.load(pipeline, variables=_vars(var), profile=name)
+        result = api.status(loaded, state=state)
+        if as_json:
+            everything += [{"pipeline": loaded.name, "profile": name, **row.to_dict()} for row in result]
+            continue
+        table = Table(title=f"status {loaded.name}", title_justify="left")
+        for column in ("sync", "known", "cursor", "dead letters", "pending", "last run", "result"):
+            table.add_column(column)
+        for row in result:
+            run = row.last_run or {}
+            dead = f"{row.dead_letters} ({row.held} held)" if row.held else str(row.dead_letters)
+            outcome = f"disconnected since {row.disconnected}" if row.disconnected else str(run.get("status", "-"))
+            table.add_row(row.sync, str(row.known), str(row.cursor or "-"), dead, str(row.pending),
+                          str(run.get("started_at", "never")), outcome)
+        out.print(table)
     if as_json:
-        out.print(json.dumps([row.to_dict() for row in result], indent=2, default=str), markup=False)
-        return
-    table = Table(title=f"status {loaded.name}", title_justify="left")
-    for column in ("sync", "known", "cursor", "dead letters", "last run", "result"):
-        table.add_column(column)
-    for row in result:
-        run = row.last_run or {}
-        dead = f"{row.dead_letters} ({row.held} held)" if row.held else str(row.dead_letters)
-        table.add_row(row.sync, str(row.known), str(row.cursor or "-"), dead,
-                      str(run.get("started_at", "never")), str(run.get("status", "-")))
-    out.print(table)
+        out.print(json.dumps(everything if all_profiles or profile else [{k: v for k, v in r.items() if k not in (
+            "pipeline", "profile")} for r in everything], indent=2, default=str), markup=False)
+
+
+def _connect(pipeline: Path, connected: bool, sync: list[str] | None, group: str | None, profile: str | None,
+             all_profiles: bool, state: str | None, var: list[str] | None) -> None:
+    verb = "connected" if connected else "disconnected"
+    for name in _profiles(pipeline, profile, all_profiles):
+        loaded = api.load(pipeline, variables=_vars(var), profile=name)
+        changed = api.set_connected(loaded, connected=connected, syncs=sync or (), group=group, state=state)
+        what = ", ".join(changed) if changed else f"nothing (already {verb})"
+        out.print(f"{loaded.name}: {verb} {what}", markup=False)
+
+
+@app.command()
+def disconnect(pipeline: PipelineArg, sync: SyncOpt = None, group: GroupOpt = None, profile: ProfileOpt = None,
+               all_profiles: AllProfilesOpt = False, state: StateOpt = None, var: VarOpt = None) -> None:
+    """Stop syncs from running (every sync, a group's, or those named): the scheduler skips them and apply refuses
+    them (exit 5) until `connect`. Their state stays as it is."""
+    _connect(pipeline, False, sync, group, profile, all_profiles, state, var)
+
+
+@app.command()
+def connect(pipeline: PipelineArg, sync: SyncOpt = None, group: GroupOpt = None, profile: ProfileOpt = None,
+            all_profiles: AllProfilesOpt = False, state: StateOpt = None, var: VarOpt = None) -> None:
+    """Let disconnected syncs run again (every sync, a group's, or those named)."""
+    _connect(pipeline, True, sync, group, profile, all_profiles, state, var)
 
 
 @app.command()
 def history(pipeline: PipelineArg, limit: Annotated[int, typer.Option(help="How many runs.")] = 20,
-            state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
-    """The latest runs: counts per action, errors and duration."""
-    loaded = api.load(pipeline, variables=_vars(var))
+            profile: ProfileOpt = None, state: StateOpt = None, as_json: JsonOpt = False,
+            var: VarOpt = None) -> None:
+    """The latest runs: counts per action, errors, duration, and where each read started and why."""
+    loaded = api.load(pipeline, variables=_vars(var), profile=profile)
     rows = api.history(loaded, limit=limit, state=state)
     if as_json:
         out.print(json.dumps(rows, indent=2, default=str), markup=False)
         return
     table = Table(title=f"history {loaded.name}", title_justify="left")
-    for column in ("run", "sync", "kind", "started", "status", "creates", "updates", "deletes", "errors", "seconds"):
+    for column in ("run", "sync", "kind", "started", "read from", "status", "creates", "updates", "deletes",
+                   "errors", "seconds"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["run_id"], r["sync"], r["kind"], r["started_at"], r["status"], str(r["creates"]),
+        start = f"{r.get('start') or '-'} ({r['start_reason']})" if r.get("start_reason") else "-"
+        table.add_row(r["run_id"], r["sync"], r["kind"], r["started_at"], start, r["status"], str(r["creates"]),
                       str(r["updates"]), str(r["deletes"]), str(r["errors"]),
                       f"{r['seconds']:.2f}" if r["seconds"] is not None else "-")
     out.print(table)
@@ -365,12 +445,12 @@ def reset(pipeline: PipelineArg,
           sync: Annotated[list[str], typer.Option("--sync", "-s", show_default=False,
                                                   help="The sync whose state to forget (repeatable).")],
           yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-          state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
+          profile: ProfileOpt = None, state: StateOpt = None, as_json: JsonOpt = False, var: VarOpt = None) -> None:
     """Forget syncs' state (known records, cursor, dead letters): the next run treats every record as new.
 
     The run history stays, with a 'reset' entry. Nothing is written to any destination.
     """
-    loaded = api.load(pipeline, variables=_vars(var))
+    loaded = api.load(pipeline, variables=_vars(var), profile=profile)
     api.check_syncs(loaded, sync)
     if not yes:
         if not sys.stdin.isatty():

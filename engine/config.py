@@ -21,6 +21,7 @@ from typing import Any
 from engine.errors import PipelineInvalid, Problem
 from engine.interfaces import ChecksOutput
 from engine.mapping import FieldTemplate
+from engine.profiles import PROFILES_FILE, SEPARATOR, Profile, find_profile, load_profiles, profiles_path
 from engine.registry import REGISTRY, AdapterSpec, Registry, Role
 from engine.schema_errors import did_you_mean, validate_block
 from engine.templating import (
@@ -35,6 +36,8 @@ from engine.templating import (
 from engine.typed_config import build
 from engine.yaml_source import Located, YamlPath, format_path, load_located
 
+ALL_GROUP = "all"
+"""The default group: every sync (unless the pipeline names a group so)."""
 DEFAULT_STATE = ".syncengine/state.db"
 CONFIG_NAMES = ("vars", "env")
 
@@ -158,6 +161,28 @@ class Pipeline:
     destinations: dict[str, Endpoint]
     syncs: dict[str, SyncSpec]
     secret_env: frozenset[str] = field(default_factory=frozenset)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Named sets of syncs (``apply --group``), in the pipeline's sync order."""
+    schedules: dict[str | None, dict[str, Any]] = field(default_factory=dict)
+    """Schedule specs: the pipeline's under ``None``, a group's under its name (a profile's win)."""
+    template: str = ""
+    """The pipeline's own name; ``name`` adds ``@profile`` when a profile is loaded."""
+    profile: str | None = None
+    env_aliases: dict[str, str] = field(default_factory=dict)
+    """The profile's environment names: ``env.NAME`` reads the variable named here instead."""
+    profiles_file: Path | None = None
+
+    def group_syncs(self, group: str) -> tuple[str, ...]:
+        """The syncs of a group (every sync for the default group, ``all``), or a configuration error."""
+        if group in self.groups:
+            return self.groups[group]
+        if group == ALL_GROUP and ALL_GROUP not in self.groups:
+            return tuple(self.syncs)
+        from engine.errors import ConfigError
+        from engine.schema_errors import did_you_mean
+
+        known = [*self.groups, ALL_GROUP]
+        raise ConfigError(f"unknown group '{group}'{did_you_mean(group, known)}; the groups are: {', '.join(known)}")
 
 
 class _Checker:
@@ -402,6 +427,21 @@ class _Checker:
             self.problems.append(Problem(file, line, col, shown, message))
         return not found
 
+    def groups(self, groups: dict[str, Any], syncs: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+        """The pipeline's groups, each in the pipeline's sync order; an unknown sync is a located problem."""
+        out: dict[str, tuple[str, ...]] = {}
+        for name, block in groups.items():
+            members = block.get("syncs") if isinstance(block, dict) else block
+            if not isinstance(members, list):
+                continue  # the schema check has said what is wrong
+            base: YamlPath = ("groups", name, "syncs") if isinstance(block, dict) else ("groups", name)
+            for i, member in enumerate(members):
+                if isinstance(member, str) and member not in syncs:
+                    self.problems.append(self.located.problem(
+                        (*base, i), f"unknown sync '{member}'" + did_you_mean(member, list(syncs))))
+            out[name] = tuple(s for s in syncs if s in members)
+        return out
+
     def sync(self, name: str, block: Any, sources: dict[str, Endpoint], destinations: dict[str, Endpoint],
              declared_sources: dict[str, Any], declared_destinations: dict[str, Any]) -> SyncSpec | None:
         path: YamlPath = ("syncs", name)
@@ -498,10 +538,12 @@ def _discovered_field_problems(file: Path, located: Located, data: dict[str, Any
 
 
 def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: str | None = None,
-                  overrides: dict[str, Any] | None = None) -> Pipeline:
+                  overrides: dict[str, Any] | None = None, profile: str | None = None) -> Pipeline:
     """Validate a pipeline file and return it typed; raise :class:`PipelineInvalid` with every problem.
 
-    ``overrides`` set or replace ``vars`` entries (``--var``) before any template is checked.
+    ``overrides`` set or replace ``vars`` entries (``--var``) before any template is checked. With
+    ``profile``, the pipeline is that profile's instance (see :mod:`engine.profiles`): its vars
+    over the pipeline's (``--var`` over both), its environment names, its own state namespace.
     """
     file = Path(path)
     if not file.is_file():
@@ -514,7 +556,15 @@ def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: s
         raise PipelineInvalid([located.problem((), "a pipeline must be a mapping of keys to values")])
     checker.problems.extend(validate_block(load_schema("pipeline.schema.json"), data, located))
     declared_vars = data.get("vars")
-    checker.vars = {**(declared_vars if isinstance(declared_vars, dict) else {}), **(overrides or {})}
+    profiles_file = profiles_path(file, data)
+    chosen: Profile | None = None
+    if profile is not None:
+        if profiles_file is None:
+            raise PipelineInvalid([located.problem((), f"--profile {profile}: the pipeline has no profiles file "
+                                                       f"({PROFILES_FILE} beside it, or a `profiles:` key)")])
+        chosen = find_profile(load_profiles(profiles_file, _shown(profiles_file)), profile, _shown(profiles_file))
+    checker.vars = {**(declared_vars if isinstance(declared_vars, dict) else {}),
+                    **(chosen.vars if chosen else {}), **(overrides or {})}
 
     def section(name: str) -> dict[str, Any]:
         value = data.get(name)
@@ -525,11 +575,30 @@ def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: s
                     if (e := checker.endpoint("destination", n, b))}
     syncs = {n: s for n, b in section("syncs").items()
              if (s := checker.sync(n, b, sources, destinations, section("sources"), section("destinations")))}
+    groups = checker.groups(section("groups"), section("syncs"))
     checker.problems.extend(_discovered_field_problems(file, located, data, sources, destinations, syncs))
     if checker.problems:
         raise PipelineInvalid(checker.problems)
     state = data.get("state") or {}
+    template = data.get("name") or file.stem
+    schedules: dict[str | None, dict[str, Any]] = {}
+    if isinstance(data.get("schedule"), dict):
+        schedules[None] = data["schedule"]
+    for name, block in section("groups").items():
+        if isinstance(block, dict) and isinstance(block.get("schedule"), dict):
+            schedules[name] = block["schedule"]
+    if chosen is not None:
+        if chosen.schedule is not None:
+            schedules[None] = chosen.schedule
+        schedules.update(chosen.group_schedules)
     return Pipeline(
-        path=file, name=data.get("name") or file.stem, base_dir=base_dir, vars=checker.vars,
-        state_path=base_dir / state.get("path", DEFAULT_STATE), sources=sources, destinations=destinations,
-        syncs=syncs, secret_env=frozenset(checker.secret_env))
+        path=file, name=f"{template}{SEPARATOR}{chosen.name}" if chosen else template, base_dir=base_dir,
+        vars=checker.vars, state_path=base_dir / state.get("path", DEFAULT_STATE), sources=sources,
+        destinations=destinations, syncs=syncs, secret_env=frozenset(checker.secret_env), groups=groups,
+        schedules=schedules, template=template, profile=chosen.name if chosen else None,
+        env_aliases=dict(chosen.env) if chosen else {}, profiles_file=profiles_file)
+
+
+def _shown(path: Path) -> str:
+    """A path as messages show it: relative to the working folder when it is below it."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)

@@ -22,6 +22,8 @@ EXIT_OK = 0
 EXIT_RECORD_ERRORS = 1
 EXIT_INVALID = 2
 EXIT_FAILED = 3
+EXIT_DISCONNECTED = 5
+"""A sync asked for by name (or every sync selected) is disconnected: nothing of it ran."""
 
 
 class SyncEngineError(Exception):
@@ -116,3 +118,9 @@ class DeleteGuardTripped(RunFailed):
 
 class ErrorBudgetExceeded(RunFailed):
     """Too many records of one sync failed (``max_error_share`` / ``max_errors``): the sync stops."""
+
+
+class Disconnected(SyncEngineError):
+    """A sync that was disconnected (``syncengine disconnect``) was asked to run; nothing of it ran."""
+
+    exit_code = EXIT_DISCONNECTED

@@ -61,6 +61,8 @@ class StreamContext:
     """Tell the user something is off without failing the sync (a glob that matched no file)."""
     note: Callable[[str], None] = field(default=lambda message: None)
     """Tell the user what happened that is no fault (rows that changed before they could be acknowledged)."""
+    env: Any = None
+    """``env`` as the sync's templates see it (a profile's names applied); ``None``: the process environment."""
     state_dir: Path | None = None
     """The folder of the state store: where an adapter keeps a lock file shared by processes on this machine."""
     delivered_keys: Callable[[str], list[str]] = field(default=lambda sync: [])

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from jinja2 import nodes
 
@@ -155,7 +156,7 @@ def _key_mapping(engine: Engine, sync: SyncSpec, run: RunInfo,
     if sync.fields is None:
         return full
     leaves = [f for f in sync.fields if str(f.path[0]) in sync.key_fields]
-    context = {"vars": engine.pipeline.vars, "env": EnvView(), "run": run}
+    context = {"vars": engine.pipeline.vars, "env": EnvView(engine.pipeline.env_aliases), "run": run}
     return CompiledMapping(engine.env, leaves, key_fields=sync.key_fields, key_template=sync.key_template,
                            filter_template=None, context=context)
 
@@ -193,8 +194,17 @@ class PushHub:
         destination = self.engine.destination(sync)
         if isinstance(destination, ReadableDestination):
             options = sync.destination_options
-            return RouteInfo(route, sync.name, paths, key, count=lambda: destination.count(options),
-                             rows=lambda offset, limit: destination.rows(options, offset, limit))
+            lock = self.lock  # reads wait for any delivery in progress, as deliveries wait for each other
+
+            def count() -> int:
+                with lock:
+                    return destination.count(options)
+
+            def rows(offset: int, limit: int) -> list[dict[str, Any]]:
+                with lock:
+                    return destination.rows(options, offset, limit)
+
+            return RouteInfo(route, sync.name, paths, key, count=count, rows=rows)
         return RouteInfo(route, sync.name, paths, key)
 
     def deliverer(self, name: str) -> Callable[[PushEvent], Delivery]:

@@ -25,6 +25,7 @@ from engine.config import Endpoint, Pipeline, SyncSpec, is_secret_path
 from engine.errors import (
     ConfigError,
     ConnectError,
+    Disconnected,
     RunFailed,
     SyncEngineError,
 )
@@ -73,6 +74,8 @@ class RunOptions:
     """How a batch the destination answered with a transient error is retried."""
     strict: bool = False
     """Fail a sync that warned (a source glob that matched no file)."""
+    group: str | None = None
+    """Run only this group's syncs (``apply --group``)."""
 
 
 @dataclass
@@ -124,7 +127,7 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        """0 done, 1 done with record errors, 3 a sync failed."""
+        """0 done, 1 done with record errors, 3 a sync failed (disconnected syncs skipped are no failure)."""
         if self.error or any(s.status == "failed" for s in self.syncs.values()):
             return 3
         if any(s.counts["errors"] for s in self.syncs.values()):
@@ -188,7 +191,8 @@ class Engine:
         self._state_path = state_path or pipeline.state_path
         self._dry_run = dry_run
         self._store: StateStore | None = None
-        self.redactor = Redactor({v for n in pipeline.secret_env if (v := EnvView().get(n))})
+        env = EnvView(pipeline.env_aliases)
+        self.redactor = Redactor({v for n in pipeline.secret_env if (v := env.get(n))})
         self.env = make_environment(pipeline.base_dir, on_secret=self.redactor.add)
         # Every log line (the debug log of the HTTP and SSH libraries too) goes through the redactor.
         self._log_filter = RedactingFilter(self.redactor)
@@ -227,7 +231,7 @@ class Engine:
         to the redactor. A failure names the field's own line and, for an unset environment
         variable, the variable; a secret value is never shown.
         """
-        context = {"vars": self.pipeline.vars, "env": EnvView()}
+        context = {"vars": self.pipeline.vars, "env": EnvView(self.pipeline.env_aliases)}
         secrets = endpoint.spec.secrets
 
         def render(value: Any, path: tuple[str | int, ...]) -> Any:
@@ -314,7 +318,7 @@ class Engine:
 
     def mapping(self, sync: SyncSpec, run: RunInfo) -> AnyMapping:
         """The sync's mapping compiled for this run."""
-        context = {"vars": self.pipeline.vars, "env": EnvView(), "run": run}
+        context = {"vars": self.pipeline.vars, "env": EnvView(self.pipeline.env_aliases), "run": run}
         if sync.fields is None:
             key_fn = compile_template(self.env, sync.key_template[0], context=context) if sync.key_template else None
             return IdentityMapping(sync.key_fields, key_fn)
@@ -334,7 +338,7 @@ class Engine:
         """What the sync's streams are told about it."""
         return StreamContext(self.pipeline.name, sync.name, self.pipeline.base_dir, sync.key_fields,
                              mapping.output_names, run, log.getChild(sync.name), self.pipeline.vars, warn=warn,
-                             note=note,
+                             note=note, env=EnvView(self.pipeline.env_aliases),
                              state_dir=Path(self._state_path).resolve().parent if str(self._state_path) != ":memory:"
                              else None, delivered_keys=self.delivered_keys)
 
@@ -358,10 +362,12 @@ class Engine:
             if source.role == "receiver":
                 raise ConfigError(f"sync '{name}' is fed by the receiver '{source.name}'; run "
                                   "`syncengine serve` for it")
+        wanted = set(options.syncs) | set(self.pipeline.group_syncs(options.group) if options.group else ())
         selected = [sync for name, sync in self.pipeline.syncs.items()
-                    if (name in options.syncs if options.syncs else sync.enabled)
+                    if (name in wanted if wanted else sync.enabled)
                     # records of a receiver arrive by themselves, under `syncengine serve`
                     and self.pipeline.sources[sync.source].role != "receiver"]
+        selected = self.connected(selected, explicit=bool(wanted), report=report, dry_run=options.dry_run)
         self.prepare(selected, destinations=not options.dry_run)
         for sync in selected:
             name = sync.name
@@ -371,6 +377,25 @@ class Engine:
                 break
         return report
 
+    def connected(self, selected: list[SyncSpec], *, explicit: bool, report: RunReport,
+                  dry_run: bool) -> list[SyncSpec]:
+        """The selected syncs that are not disconnected; asking for a disconnected one by name (or finding
+        every selected sync disconnected) is refused with one line, nothing run."""
+        off = self.store.disconnected(self.pipeline.name)
+        if not off:
+            return selected
+        stopped = [s.name for s in selected if s.name in off]
+        if stopped and (explicit or len(stopped) == len(selected)):
+            first = stopped[0]
+            where = f" --profile {self.pipeline.profile}" if self.pipeline.profile else ""
+            raise Disconnected(
+                f"{'syncs ' + ', '.join(stopped) + ' are' if len(stopped) > 1 else 'sync ' + first + ' is'} "
+                f"disconnected (since {off[first]}); nothing ran. `syncengine connect {self.pipeline.path.name}"
+                f"{where} --sync {first}` lets it run again")
+        for name in stopped:
+            report.syncs[name] = SyncReport(name, status="disconnected", message=f"disconnected since {off[name]}")
+        return [s for s in selected if s.name not in off]
+
     def run_sync(self, sync: SyncSpec, options: RunOptions, *,
                  replay: DeadLetterSource | None = None) -> SyncReport:
         """Run one sync; returns its report (status ``failed`` with a message when it stopped)."""
@@ -379,9 +404,12 @@ class Engine:
         state = SyncState(self.store, self.pipeline.name, sync.name, mode=sync.mode, key_fields=sync.key_fields,
                           memo_fields=sync.memo_fields, dry=options.dry_run)
         cursor = options.since if options.since else (None if options.full_refresh else state.cursor())
+        reason = ("since" if options.since else "full-refresh" if options.full_refresh else
+                  "cursor" if cursor is not None else "first")
         run = RunInfo(self.run_id, self.started_at, cursor)
         kind = "plan" if options.dry_run else ("retry" if replay else "apply")
-        report.notes.extend(state.begin(kind, self.run_id, self.started_at.isoformat(timespec="seconds")))
+        report.notes.extend(state.begin(kind, self.run_id, self.started_at.isoformat(timespec="seconds"),
+                                        start=cursor, start_reason=None if replay else reason))
         if state.held and not replay:
             report.notes.append(f"{len(state.held)} record(s) are held: sent earlier without a known outcome, they "
                                 "are not sent again until decided (syncengine dead-letters --sync "

@@ -69,9 +69,17 @@ CREATE TABLE IF NOT EXISTS runs (
     errors INTEGER NOT NULL DEFAULT 0,
     message TEXT,
     seconds REAL,
-    owner TEXT
+    owner TEXT,
+    start TEXT,
+    start_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_stream ON runs (stream_id, id);
+CREATE TABLE IF NOT EXISTS disconnected (
+    pipeline TEXT NOT NULL,
+    sync TEXT NOT NULL,
+    since TEXT NOT NULL,
+    PRIMARY KEY (pipeline, sync)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending (
     stream_id INTEGER NOT NULL,
     key TEXT NOT NULL,
@@ -223,6 +231,9 @@ class StateStore:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
         if "owner" not in columns:  # state made by an earlier version
             self.db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        if "start" not in columns:  # runs recorded before their start time was
+            self.db.execute("ALTER TABLE runs ADD COLUMN start TEXT")
+            self.db.execute("ALTER TABLE runs ADD COLUMN start_reason TEXT")
         dead_columns = {row[1] for row in self.db.execute("PRAGMA table_info(dead_letters)")}
         if "state" not in dead_columns:  # dead letters made before held (outcome unknown) ones existed
             self.db.execute("ALTER TABLE dead_letters ADD COLUMN state TEXT NOT NULL DEFAULT 'failed'")
@@ -333,12 +344,15 @@ class StateStore:
 
     # --- runs --------------------------------------------------------------------------------------
 
-    def begin_run(self, stream_id: int, run_id: str, kind: str, started_at: str) -> int:
-        """Record the start of one sync's run (a plan records nothing)."""
+    def begin_run(self, stream_id: int, run_id: str, kind: str, started_at: str, *, start: str | None = None,
+                  start_reason: str | None = None) -> int:
+        """Record the start of one sync's run (a plan records nothing), with where its read started and why
+        (``cursor``, ``since``, ``full-refresh``, ``first``)."""
         if self.read_only:
             return 0
-        cur = self.db.execute("INSERT INTO runs (run_id, stream_id, kind, started_at, status, owner) VALUES "
-                              "(?, ?, ?, ?, 'running', ?)", (run_id, stream_id, kind, started_at, process_owner()))
+        cur = self.db.execute("INSERT INTO runs (run_id, stream_id, kind, started_at, status, owner, start, "
+                              "start_reason) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)",
+                              (run_id, stream_id, kind, started_at, process_owner(), start, start_reason))
         return int(cur.lastrowid or 0)
 
     def close_interrupted(self, stream_id: int) -> list[dict[str, Any]]:
@@ -469,17 +483,54 @@ class StateStore:
 
     def dead_letters(self, stream_id: int, keys: Sequence[str] | None = None) -> list[DeadLetter]:
         """A sync's dead letters (all, or those with the given keys)."""
-        rows = self.db.execute(
-            "SELECT key, action, record, payload, error, field, location, attempts, first_failed_at, "
-            "last_failed_at, state FROM dead_letters WHERE stream_id = ? ORDER BY first_failed_at, key",
-            (stream_id,)).fetchall()
+        columns = "key, action, record, payload, error, field, location, attempts, first_failed_at, last_failed_at"
+        try:
+            rows = self.db.execute(f"SELECT {columns}, state FROM dead_letters WHERE stream_id = ? "
+                                   "ORDER BY first_failed_at, key", (stream_id,)).fetchall()
+        except sqlite3.OperationalError:  # a state made before held records, opened read-only
+            rows = self.db.execute(f"SELECT {columns}, '{FAILED}' FROM dead_letters WHERE stream_id = ? "
+                                   "ORDER BY first_failed_at, key", (stream_id,)).fetchall()
         wanted = set(keys) if keys is not None else None
         return [DeadLetter(k, a, json.loads(r) if r else None, json.loads(p) if p else None, e, f, loc, n, t0, t1,
                            st) for k, a, r, p, e, f, loc, n, t0, t1, st in rows if wanted is None or k in wanted]
 
+    # --- disconnected syncs ----------------------------------------------------------------------------
+
+    def disconnected(self, pipeline: str) -> dict[str, str]:
+        """The disconnected syncs of a pipeline (a profile's instance included), with since when."""
+        try:
+            return dict(self.db.execute("SELECT sync, since FROM disconnected WHERE pipeline = ?",
+                                        (pipeline,)).fetchall())
+        except sqlite3.OperationalError:
+            return {}  # a state made before syncs could be disconnected, opened read-only by a plan
+
+    def set_connected(self, pipeline: str, syncs: Sequence[str], connected: bool) -> list[str]:
+        """Connect or disconnect syncs; returns those whose state changed."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            before = set(self.disconnected(pipeline))
+            if connected:
+                db.executemany("DELETE FROM disconnected WHERE pipeline = ? AND sync = ?",
+                               [(pipeline, s) for s in syncs])
+                changed = [s for s in syncs if s in before]
+            else:
+                now = utc_now()
+                db.executemany("INSERT OR IGNORE INTO disconnected VALUES (?, ?, ?)",
+                               [(pipeline, s, now) for s in syncs])
+                changed = [s for s in syncs if s not in before]
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return changed
+
     def pending_keys(self, stream_id: int) -> set[str]:
         """Keys of changes accepted but not carried out yet."""
-        return {r[0] for r in self.db.execute("SELECT key FROM pending WHERE stream_id = ?", (stream_id,))}
+        try:
+            return {r[0] for r in self.db.execute("SELECT key FROM pending WHERE stream_id = ?", (stream_id,))}
+        except sqlite3.OperationalError:
+            return set()  # a state made before pending changes, opened read-only by a plan
 
     def pending_changes(self, stream_id: int) -> list[tuple[str, str, str | None, str]]:
         """(key, action, remote id, since) of the pending changes, oldest first."""
@@ -506,8 +557,11 @@ class StateStore:
 
     def held_keys(self, stream_id: int) -> set[str]:
         """Keys whose last send has no known outcome (held: not sent again until someone decides)."""
-        return {r[0] for r in self.db.execute("SELECT key FROM dead_letters WHERE stream_id = ? AND state = ?",
-                                              (stream_id, UNKNOWN))}
+        try:
+            return {r[0] for r in self.db.execute("SELECT key FROM dead_letters WHERE stream_id = ? AND state = ?",
+                                                  (stream_id, UNKNOWN))}
+        except sqlite3.OperationalError:
+            return set()  # a state made before held records, opened read-only by a plan
 
     def hold(self, stream_id: int, rows: Sequence[HeldRow]) -> None:
         """Record changes about to be sent as *outcome unknown*, durably, before they leave.

@@ -87,14 +87,16 @@ class SyncState:
 
     # --- the run -------------------------------------------------------------------------------------
 
-    def begin(self, kind: str, run_id: str, started_at: str) -> list[str]:
+    def begin(self, kind: str, run_id: str, started_at: str, *, start: str | None = None,
+              start_reason: str | None = None) -> list[str]:
         """Open the run's record; returns notes about earlier runs whose process died (now ``interrupted``)."""
         notes = []
         if not self.dry:
             for gone in self.store.close_interrupted(self.stream_id):
                 notes.append(f"the previous run {gone['run_id']} (started {gone['started_at']}) was "
                              "interrupted; what it acknowledged was kept, the rest is sent now")
-        self.run_row = self.store.begin_run(self.stream_id, run_id, kind, started_at)
+        self.run_row = self.store.begin_run(self.stream_id, run_id, kind, started_at, start=start,
+                                            start_reason=start_reason)
         self.store.start_seen()
         return notes
 

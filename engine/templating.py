@@ -60,9 +60,14 @@ class EnvView:
     template can copy the environment (and its secrets) into a record, a file name or a message.
     """
 
-    __slots__ = ()
+    __slots__ = ("aliases",)
+
+    def __init__(self, aliases: Mapping[str, str] | None = None) -> None:
+        self.aliases = dict(aliases or {})
+        """A profile's names: ``env.NAME`` reads the variable named here instead (secrets per tenant)."""
 
     def __getitem__(self, name: str) -> str:
+        name = self.aliases.get(name, name)
         value = os.environ.get(name)
         if value is not None:
             return value

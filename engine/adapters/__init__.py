@@ -12,6 +12,7 @@ BUILTIN: tuple[str, ...] = (
     "engine.adapters.aljex_live",
     "engine.adapters.csv_file",
     "engine.adapters.dsync",
+    "engine.adapters.dsync_connector",
     "engine.adapters.http_post",
     "engine.adapters.isync",
     "engine.adapters.jsonl_file",

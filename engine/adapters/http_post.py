@@ -158,7 +158,8 @@ class HttpPostStream:
         self.bare_headers = {k: v for k, v in self.headers.items() if k != "Content-Type"}
         self.concurrency = config.concurrency
         self.idempotency_header = config.idempotency_header
-        self.key_context = {"sync": ctx.sync, "table": self.table, "vars": ctx.vars, "env": EnvView(), "run": ctx.run}
+        self.key_context = {"sync": ctx.sync, "table": self.table, "vars": ctx.vars, "env": ctx.env or EnvView(),
+                            "run": ctx.run}
         # Compiled once per stream; rendered per request (a retry renders the same value again).
         self.key_template = (compile_template(make_environment(ctx.base_dir), options.idempotency_key,
                                               context=self.key_context, text=True)

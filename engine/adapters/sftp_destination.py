@@ -210,7 +210,7 @@ class SftpDestination:
 
     def open_stream(self, options: SftpDestinationOptions, ctx: StreamContext) -> SftpFileStream:
         """Name the run's file and check the server now, so a refusal comes before anything is staged."""
-        context = {"run": ctx.run, "vars": getattr(ctx, "vars", {}), "env": EnvView()}
+        context = {"run": ctx.run, "vars": getattr(ctx, "vars", {}), "env": ctx.env or EnvView()}
         try:
             filename = compile_template(self.env, options.filename, context=context, text=True)().strip()
         except Exception as exc:  # noqa: BLE001 - any template failure is a configuration problem of this sync

@@ -9,6 +9,7 @@ from __future__ import annotations
 from engine.registry import REGISTRY, Registry
 
 BUILTIN: tuple[str, ...] = (
+    "engine.adapters.autofy",
     "engine.adapters.aljex_live",
     "engine.adapters.csv_file",
     "engine.adapters.dsync",

@@ -124,3 +124,7 @@ class Disconnected(SyncEngineError):
     """A sync that was disconnected (``syncengine disconnect``) was asked to run; nothing of it ran."""
 
     exit_code = EXIT_DISCONNECTED
+
+
+class Stopped(RunFailed):
+    """The run was asked to stop (SIGTERM to ``serve``): the batch in flight was committed, nothing more is sent."""

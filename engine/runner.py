@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from engine.errors import (
     ConnectError,
     Disconnected,
     RunFailed,
+    Stopped,
     SyncEngineError,
 )
 from engine.interfaces import (
@@ -76,6 +78,9 @@ class RunOptions:
     """Fail a sync that warned (a source glob that matched no file)."""
     group: str | None = None
     """Run only this group's syncs (``apply --group``)."""
+    stop: threading.Event | None = None
+    """Set to end the run after the batch in flight is committed (``serve`` on SIGTERM): its syncs end
+    ``interrupted``, their cursors stay, the next run goes on from what was committed."""
 
 
 @dataclass
@@ -128,7 +133,7 @@ class RunReport:
     @property
     def exit_code(self) -> int:
         """0 done, 1 done with record errors, 3 a sync failed (disconnected syncs skipped are no failure)."""
-        if self.error or any(s.status == "failed" for s in self.syncs.values()):
+        if self.error or any(s.status in ("failed", "interrupted") for s in self.syncs.values()):
             return 3
         if any(s.counts["errors"] for s in self.syncs.values()):
             return 1
@@ -444,6 +449,8 @@ class Engine:
             if report.unknown:
                 report.notes.append(f"{report.unknown} record(s) were sent without a known outcome and are held "
                                     f"(syncengine dead-letters --sync {sync.name})")
+        except Stopped as exc:
+            status, report.message, report.stops_run = "interrupted", self.redactor.text(str(exc)), True
         except ConnectError as exc:
             # A server that cannot be reached or refuses us would fail every later sync the same
             # way: the run ends after this one, with one line, instead of repeating it per sync.
@@ -458,7 +465,7 @@ class Engine:
         report.status = status
         report.seconds = time.perf_counter() - started
         state.finish(report.counts, status=status, message=report.message, seconds=report.seconds,
-                     cursor=report.cursor, advance_cursor=status != "failed" and replay is None)
+                     cursor=report.cursor, advance_cursor=status not in ("failed", "interrupted") and replay is None)
         return report
 
 

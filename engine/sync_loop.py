@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from engine.config import SyncSpec
-from engine.errors import ErrorBudgetExceeded, RecordError, RunFailed, SyncEngineError, TransientError
+from engine.errors import ErrorBudgetExceeded, RecordError, RunFailed, Stopped, SyncEngineError, TransientError
 from engine.interfaces import (
     ACTIONS,
     CREATE,
@@ -184,6 +184,9 @@ class SyncLoop:
                 batch, passed, failed = {}, [], []
                 if progress:
                     progress(self.sync.name, read)
+                if self.options.stop is not None and self.options.stop.is_set():
+                    raise Stopped(f"stopped after {read} records, every batch sent so far committed; the next run "
+                                  "goes on from there")
         counts["read"] = read
         self.check_budget(failed, final=True)
         self.flush(batch, passed, failed)

@@ -26,6 +26,7 @@ from engine.registry import REGISTRY, AdapterSpec, Registry, Role
 from engine.schema_errors import did_you_mean, validate_block
 from engine.templating import (
     CONTEXT_NAMES,
+    EnvView,
     attribute_uses,
     check_template,
     env_names,
@@ -170,7 +171,14 @@ class Pipeline:
     profile: str | None = None
     env_aliases: dict[str, str] = field(default_factory=dict)
     """The profile's environment names: ``env.NAME`` reads the variable named here instead."""
+    env_values: dict[str, str] = field(default_factory=dict, repr=False)
+    """The profile's own secret values for ``env.NAME`` (control-API profiles); never written anywhere."""
+
     profiles_file: Path | None = None
+
+    def env(self) -> EnvView:
+        """``env`` as this pipeline's templates see it."""
+        return EnvView(self.env_aliases, self.env_values)
 
     def group_syncs(self, group: str) -> tuple[str, ...]:
         """The syncs of a group (every sync for the default group, ``all``), or a configuration error."""
@@ -538,7 +546,7 @@ def _discovered_field_problems(file: Path, located: Located, data: dict[str, Any
 
 
 def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: str | None = None,
-                  overrides: dict[str, Any] | None = None, profile: str | None = None) -> Pipeline:
+                  overrides: dict[str, Any] | None = None, profile: str | Profile | None = None) -> Pipeline:
     """Validate a pipeline file and return it typed; raise :class:`PipelineInvalid` with every problem.
 
     ``overrides`` set or replace ``vars`` entries (``--var``) before any template is checked. With
@@ -557,8 +565,8 @@ def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: s
     checker.problems.extend(validate_block(load_schema("pipeline.schema.json"), data, located))
     declared_vars = data.get("vars")
     profiles_file = profiles_path(file, data)
-    chosen: Profile | None = None
-    if profile is not None:
+    chosen: Profile | None = profile if isinstance(profile, Profile) else None
+    if isinstance(profile, str):
         if profiles_file is None:
             raise PipelineInvalid([located.problem((), f"--profile {profile}: the pipeline has no profiles file "
                                                        f"({PROFILES_FILE} beside it, or a `profiles:` key)")])
@@ -596,7 +604,8 @@ def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: s
         vars=checker.vars, state_path=base_dir / state.get("path", DEFAULT_STATE), sources=sources,
         destinations=destinations, syncs=syncs, secret_env=frozenset(checker.secret_env), groups=groups,
         schedules=schedules, template=template, profile=chosen.name if chosen else None,
-        env_aliases=dict(chosen.env) if chosen else {}, profiles_file=profiles_file)
+        env_aliases=dict(chosen.env) if chosen else {}, env_values=dict(chosen.secrets) if chosen else {},
+        profiles_file=profiles_file)
 
 
 def _shown(path: Path) -> str:

@@ -35,6 +35,9 @@ class Profile:
     group_schedules: dict[str, dict[str, Any]] = field(default_factory=dict)
     enabled: bool = True
     location: str = ""
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    """Values ``env.NAME`` gives this profile directly (a profile made through the control API, whose
+    credentials are kept encrypted and decrypted only for its runs); never written anywhere."""
 
 
 def profiles_path(pipeline_file: Path, data: Any) -> Path | None:

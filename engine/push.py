@@ -53,7 +53,6 @@ from engine.retry import Backoff
 from engine.runner import Engine, RunOptions, SyncReport
 from engine.sync_loop import SyncLoop
 from engine.sync_state import SyncState
-from engine.templating import EnvView
 
 log = logging.getLogger("syncengine").getChild("serve")
 
@@ -156,7 +155,7 @@ def _key_mapping(engine: Engine, sync: SyncSpec, run: RunInfo,
     if sync.fields is None:
         return full
     leaves = [f for f in sync.fields if str(f.path[0]) in sync.key_fields]
-    context = {"vars": engine.pipeline.vars, "env": EnvView(engine.pipeline.env_aliases), "run": run}
+    context = {"vars": engine.pipeline.vars, "env": engine.pipeline.env(), "run": run}
     return CompiledMapping(engine.env, leaves, key_fields=sync.key_fields, key_template=sync.key_template,
                            filter_template=None, context=context)
 

@@ -54,7 +54,7 @@ from engine.schema_errors import did_you_mean
 from engine.state_store import StateStore
 from engine.sync_loop import DeadLetterSource, SyncLoop
 from engine.sync_state import SyncState, new_counts
-from engine.templating import EnvView, RedactingFilter, Redactor, is_template, make_environment
+from engine.templating import RedactingFilter, Redactor, is_template, make_environment
 from engine.yaml_source import format_path
 
 log = logging.getLogger("syncengine")
@@ -196,7 +196,7 @@ class Engine:
         self._state_path = state_path or pipeline.state_path
         self._dry_run = dry_run
         self._store: StateStore | None = None
-        env = EnvView(pipeline.env_aliases)
+        env = pipeline.env()
         self.redactor = Redactor({v for n in pipeline.secret_env if (v := env.get(n))})
         self.env = make_environment(pipeline.base_dir, on_secret=self.redactor.add)
         # Every log line (the debug log of the HTTP and SSH libraries too) goes through the redactor.
@@ -236,7 +236,7 @@ class Engine:
         to the redactor. A failure names the field's own line and, for an unset environment
         variable, the variable; a secret value is never shown.
         """
-        context = {"vars": self.pipeline.vars, "env": EnvView(self.pipeline.env_aliases)}
+        context = {"vars": self.pipeline.vars, "env": self.pipeline.env()}
         secrets = endpoint.spec.secrets
 
         def render(value: Any, path: tuple[str | int, ...]) -> Any:
@@ -323,7 +323,7 @@ class Engine:
 
     def mapping(self, sync: SyncSpec, run: RunInfo) -> AnyMapping:
         """The sync's mapping compiled for this run."""
-        context = {"vars": self.pipeline.vars, "env": EnvView(self.pipeline.env_aliases), "run": run}
+        context = {"vars": self.pipeline.vars, "env": self.pipeline.env(), "run": run}
         if sync.fields is None:
             key_fn = compile_template(self.env, sync.key_template[0], context=context) if sync.key_template else None
             return IdentityMapping(sync.key_fields, key_fn)
@@ -343,7 +343,7 @@ class Engine:
         """What the sync's streams are told about it."""
         return StreamContext(self.pipeline.name, sync.name, self.pipeline.base_dir, sync.key_fields,
                              mapping.output_names, run, log.getChild(sync.name), self.pipeline.vars, warn=warn,
-                             note=note, env=EnvView(self.pipeline.env_aliases),
+                             note=note, env=self.pipeline.env(),
                              state_dir=Path(self._state_path).resolve().parent if str(self._state_path) != ":memory:"
                              else None, delivered_keys=self.delivered_keys)
 

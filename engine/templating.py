@@ -60,13 +60,17 @@ class EnvView:
     template can copy the environment (and its secrets) into a record, a file name or a message.
     """
 
-    __slots__ = ("aliases",)
+    __slots__ = ("aliases", "values")
 
-    def __init__(self, aliases: Mapping[str, str] | None = None) -> None:
+    def __init__(self, aliases: Mapping[str, str] | None = None, values: Mapping[str, str] | None = None) -> None:
         self.aliases = dict(aliases or {})
         """A profile's names: ``env.NAME`` reads the variable named here instead (secrets per tenant)."""
+        self.values = dict(values or {})
+        """A profile's own values, which win over the process environment (credentials given to the control API)."""
 
     def __getitem__(self, name: str) -> str:
+        if name in self.values:
+            return self.values[name]
         name = self.aliases.get(name, name)
         value = os.environ.get(name)
         if value is not None:

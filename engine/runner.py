@@ -386,6 +386,8 @@ class Engine:
                   dry_run: bool) -> list[SyncSpec]:
         """The selected syncs that are not disconnected; asking for a disconnected one by name (or finding
         every selected sync disconnected) is refused with one line, nothing run."""
+        if self._store is None and str(self._state_path) != ":memory:" and not Path(self._state_path).exists():
+            return selected  # no state yet: nothing was ever disconnected, and no file is made for asking
         off = self.store.disconnected(self.pipeline.name)
         if not off:
             return selected

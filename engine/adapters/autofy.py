@@ -57,12 +57,13 @@ import json
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from engine.adapters.pooled import each_completed, in_order
 from engine.adapters.rest import Reply, RestClient, RestConfig
 from engine.errors import ConfigError, ConnectError, RecordError
 from engine.interfaces import CREATE, DELETE, Change, Outcome, StreamContext
@@ -401,43 +402,13 @@ class AutofyStream:
 
     def write(self, changes: Sequence[Change]) -> list[Outcome]:
         """Every change, answered in order (the engine prefers :meth:`write_each`)."""
-        outcomes = [Outcome(False, error="no outcome")] * len(changes)
-        for group in self.write_each(changes):
-            for i, outcome in group:
-                outcomes[i] = outcome
-        return outcomes
+        return in_order(self.write_each(changes), len(changes))
 
     def write_each(self, changes: Sequence[Change]) -> Iterator[list[tuple[int, Outcome]]]:
-        """Send the changes, ``concurrency`` at once, yielding outcomes as they complete.
-
-        Unlike :func:`engine.adapters.pooled.each_completed`, a failure that stops the run is raised only after
-        the outcomes that completed with it were yielded: one of them may be a company just made, whose remote
-        id must reach the state, or the next run would make it again.
-        """
-        window = self.api.config.concurrency
-        pending: dict[Future[Outcome], int] = {}
-        sent = 0
-        try:
-            while sent < len(changes) or pending:
-                while sent < len(changes) and len(pending) < window:
-                    pending[self.executor.submit(self.send, changes[sent])] = sent
-                    sent += 1
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                group: list[tuple[int, Outcome]] = []
-                failure: Exception | None = None
-                for future in done:
-                    index = pending.pop(future)
-                    try:
-                        group.append((index, future.result()))
-                    except Exception as exc:  # raised below, once the group is out
-                        failure = failure or exc
-                if group:
-                    yield group
-                if failure is not None:
-                    raise failure
-        finally:
-            for future in pending:
-                future.cancel()
+        """Send the changes, ``concurrency`` at once, yielding outcomes as they complete (a failure that stops
+        the run comes after the outcomes that completed with it: a company just made keeps its ids)."""
+        if changes:
+            yield from each_completed(self.executor, self.api.config.concurrency, changes, self.send)
 
     def send(self, change: Change) -> Outcome:
         """One change: create, update or disconnect."""

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.adapters.dsync_layout import Entity, check, discovered, parse_layout
-from engine.adapters.pooled import each_completed
+from engine.adapters.pooled import each_completed, in_order
 from engine.adapters.rest import Reply, RestClient, RestConfig
 from engine.errors import ConfigError, ConnectError, RecordError
 from engine.interfaces import (
@@ -189,11 +189,7 @@ class DsyncDestinationStream:
 
     def write(self, changes: Sequence[Change]) -> list[Outcome]:
         """Every change, answered in order (the engine prefers :meth:`write_each`)."""
-        outcomes = [Outcome(False, error="no outcome")] * len(changes)
-        for group in self.write_each(changes):
-            for i, outcome in group:
-                outcomes[i] = outcome
-        return outcomes
+        return in_order(self.write_each(changes), len(changes))
 
     def write_each(self, changes: Sequence[Change]) -> Iterator[list[tuple[int, Outcome]]]:
         """Send the changes, ``concurrency`` at once, yielding outcomes as they complete."""

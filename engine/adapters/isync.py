@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from engine.adapters import isync_wire as wire
 from engine.adapters.isync_connection import Ambiguous, Answer, Connection, ISyncConfig
-from engine.adapters.pooled import each_completed
+from engine.adapters.pooled import each_completed, in_order
 from engine.errors import ConfigError, RecordError
 from engine.interfaces import CREATE, Change, Outcome, StreamContext
 from engine.registry import REGISTRY
@@ -333,11 +333,7 @@ class ISyncDestinationStream:
 
     def write(self, changes: Sequence[Change]) -> list[Outcome]:
         """Every change, answered in order (the engine prefers :meth:`write_each`)."""
-        outcomes: list[Outcome] = [Outcome(False, error="no outcome")] * len(changes)
-        for group in self.write_each(changes):
-            for i, outcome in group:
-                outcomes[i] = outcome
-        return outcomes
+        return in_order(self.write_each(changes), len(changes))
 
     def write_each(self, changes: Sequence[Change]) -> Iterator[list[tuple[int, Outcome]]]:
         """Send the changes, at most ``concurrency`` in flight, yielding each group of outcomes as it completes.

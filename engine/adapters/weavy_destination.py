@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.adapters.pooled import each_completed
+from engine.adapters.pooled import each_completed, in_order
 from engine.adapters.rest import Reply
 from engine.adapters.weavy import WeavyApi, WeavyConfig
 from engine.adapters.weavy_values import FieldType, convert, entity_fields
@@ -246,11 +246,7 @@ class WeavyRecordStream(_Stream):
 
     def write(self, changes: Sequence[Change]) -> list[Outcome]:
         """Every change, answered in order (the engine prefers :meth:`write_each`)."""
-        outcomes = [Outcome(False, error="no outcome")] * len(changes)
-        for group in self.write_each(changes):
-            for i, outcome in group:
-                outcomes[i] = outcome
-        return outcomes
+        return in_order(self.write_each(changes), len(changes))
 
     def write_each(self, changes: Sequence[Change]) -> Iterator[list[tuple[int, Outcome]]]:
         """Send the changes, ``concurrency`` at once, yielding outcomes as they complete."""

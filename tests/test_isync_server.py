@@ -27,6 +27,7 @@ import pytest
 import requests
 import zeep
 import zeep.exceptions
+from isync_seed import SEED_WEB_CREDIT_NOTE, SEED_WEB_SALES_ORDER, SEED_WEB_SALES_ORDER_CRITERIA
 from lxml import etree
 from servers.isync_server import DC_NS, INVALID_LOGIN, XSI_NS, ISyncServer
 
@@ -38,149 +39,10 @@ T2 = datetime(2024, 3, 1, 11, 0, 0)
 SEED_BARCODE = "ABSCLS2110_00000000000621"
 
 # The seed's PersistWebSalesOrder example, verbatim (including its e-mail address as the document carries it).
-SEED_ORDER = """<WebSalesOrder xmlns="http://schemas.datacontract.org/2004/07/iSync.EAI.DTO" xmlns:i="http://www.w3.org/2001/XMLSchema-instance">
-
-<Comments/>
-
-<DeliveryDetail>
-
-<AddressLine1>10 Downing Street</AddressLine1>
-
-<AddressLine2>Westminster</AddressLine2>
-
-<AltNumber>08358798897</AltNumber>
-
-<City>London</City>
-
-<Company/>
-
-<Country>England</Country>
-
-<Email>[email protected]</Email>
-
-<FullName>John Doe</FullName>
-
-<Mobile>08358798897</Mobile>
-
-<Phone>08358798897</Phone>
-
-<PostCode>0007</PostCode>
-
-<Province>-</Province>
-
-</DeliveryDetail>
-
-<IsGift>false</IsGift>
-
-<LineItems>
-
-<WebSalesOrderDetail>
-
-<CNTypeID>0</CNTypeID>
-
-<Discount>0.00</Discount>
-
-<ExRate>1</ExRate>
-
-<SellingPrice>200</SellingPrice>
-
-<StatusID>3</StatusID>
-
-<ThirdPartyBarcode>ABSCLS2110_00000000000621</ThirdPartyBarcode>
-
-<Units>1</Units>
-
-</WebSalesOrderDetail>
-
-</LineItems>
-
-<PONumber>1000124</PONumber>
-
-<PaymentMethodID>0</PaymentMethodID>
-
-<PrintInvoice>true</PrintInvoice>
-
-<RequiredDate>2014-04-09T17:38:42</RequiredDate>
-
-<SpecialInstructions/>
-
-<StatusID>3</StatusID>
-
-<TrackNo>A1567516</TrackNo>
-
-</WebSalesOrder>"""
 
 # The seed's GetWebSalesOrder criteria, with its line breaks inside the start tag, for the seed's order.
-SEED_QUERY = """<WebSalesOrderQueryCriteria
-
-xmlns="http://schemas.datacontract.org/2004/07/iSync.EAI.DTO"
-
-xmlns:i="http://www.w3.org/2001/XMLSchema-instance">
-
-<PONumber>1000124</PONumber>
-
-</WebSalesOrderQueryCriteria>"""
 
 # The seed's CreateWebCreditNote example, verbatim.
-SEED_CREDIT_NOTE = """<WebCreditNote xmlns:i="http://www.w3.org/2001/XMLSchema-instance"
-
-xmlns="http://schemas.datacontract.org/2004/07/iSync.EAI.DTO">
-
-<Comments>other</Comments>
-
-<LineItems>
-
-<WebCreditNoteDetail>
-
-<CNTypeID>0</CNTypeID>
-
-<Comment/>
-
-<Discount>0.00</Discount>
-
-<ExRate>1</ExRate>
-
-<Reference/>
-
-<SellingPrice>29.95</SellingPrice>
-
-<ThirdPartyBarcode>123123123123</ThirdPartyBarcode>
-
-<Units>1</Units>
-
-</WebCreditNoteDetail>
-
-<WebCreditNoteDetail>
-
-<CNTypeID>4</CNTypeID>
-
-<Comment/>
-
-<Discount>0</Discount>
-
-<ExRate>1</ExRate>
-
-<Reference/>
-
-<SellingPrice>1.25</SellingPrice>
-
-<ThirdPartyBarcode/>
-
-<Units>1</Units>
-
-</WebCreditNoteDetail>
-
-</LineItems>
-
-<PONumber>ON/21838</PONumber>
-
-<Reference>ST002087231-7899</Reference>
-
-<SalesOrderNumber>SO-00026552</SalesOrderNumber>
-
-<TrackNo>WEBCUSTOMER</TrackNo>
-
-</WebCreditNote>"""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -373,7 +235,7 @@ def test_units_filter_by_pipe_delimited_barcodes(session: Session, root: str) ->
 
 def test_the_seed_order_persists_and_reads_back(server: ISyncServer, session: Session) -> None:
     server.add_product(SEED_BARCODE)
-    stored, names = children(session.ok("PersistWebSalesOrder", SEED_ORDER))
+    stored, names = children(session.ok("PersistWebSalesOrder", SEED_WEB_SALES_ORDER))
     assert names == sorted(names) and "SalesOrderID" in names and "WebCustomerName" in names
     sales_order_id = text(stored, "SalesOrderID")
     assert sales_order_id is not None and int(sales_order_id) > 0
@@ -383,7 +245,9 @@ def test_the_seed_order_persists_and_reads_back(server: ISyncServer, session: Se
     assert text(stored, "LineItems/WebSalesOrderDetail/ExRate") == "1.0000"
     assert text(stored, "DeliveryDetail/AddressLine1") == "10 Downing Street"
 
-    fetched, _ = children(session.ok("GetWebSalesOrder", SEED_QUERY))
+    # The seed's query asks for another order's PO number; the same document for the order just stored.
+    query = SEED_WEB_SALES_ORDER_CRITERIA.replace("081341987533", "1000124")
+    fetched, _ = children(session.ok("GetWebSalesOrder", query))
     assert etree.tostring(fetched) == etree.tostring(stored)
     detail = [etree.QName(m).localname for m in fetched.find(f"{{{DC_NS}}}LineItems")[0]]  # type: ignore[index]
     assert detail == sorted(detail) and detail.index("SODetailID") < detail.index("SalesOrderID")
@@ -453,15 +317,15 @@ def test_a_duplicate_po_number_is_refused_with_the_first_order_id(server: ISyncS
 
 
 def test_a_credit_note_sent_twice_makes_two_notes(server: ISyncServer, session: Session) -> None:
-    answers = [session.ok("CreateWebCreditNote", SEED_CREDIT_NOTE) for _ in range(2)]
+    answers = [session.ok("CreateWebCreditNote", SEED_WEB_CREDIT_NOTE) for _ in range(2)]
     assert len(server.credit_notes) == 2 and answers[0] == answers[1]
     note, names = children(answers[0])
     assert names == ["Comments", "LineItems", "PONumber", "Reference", "SalesOrderNumber", "TrackNo"]
     # The seed's response example is the request again: same members, same texts (decimals keep their scale).
-    seed = etree.fromstring(SEED_CREDIT_NOTE.encode(), etree.XMLParser(remove_blank_text=True))
+    seed = etree.fromstring(SEED_WEB_CREDIT_NOTE.encode(), etree.XMLParser(remove_blank_text=True))
     assert [(etree.QName(e).localname, (e.text or "")) for e in note.iter()] == [
         (etree.QName(e).localname, (e.text or "")) for e in seed.iter()]
-    bad = SEED_CREDIT_NOTE.replace("<ExRate>1</ExRate>", "<ExRate>0</ExRate>", 1)
+    bad = SEED_WEB_CREDIT_NOTE.replace("<ExRate>1</ExRate>", "<ExRate>0</ExRate>", 1)
     assert session.error("CreateWebCreditNote", bad) == "ExRate must be > 0 on line 1"
 
 
@@ -507,8 +371,8 @@ def test_only_the_aimed_message_type_fails(server: ISyncServer, session: Session
     server.fail_next(1, kind="http500", message_type="CreateWebCreditNote")
     session.ok("PersistWebSalesOrder", order_xml("PO-A"))
     with pytest.raises(zeep.exceptions.TransportError):
-        session.call("CreateWebCreditNote", SEED_CREDIT_NOTE)
-    session.ok("CreateWebCreditNote", SEED_CREDIT_NOTE)
+        session.call("CreateWebCreditNote", SEED_WEB_CREDIT_NOTE)
+    session.ok("CreateWebCreditNote", SEED_WEB_CREDIT_NOTE)
     assert len(server.credit_notes) == 1
 
 
@@ -544,7 +408,7 @@ def test_hide_wsdl_serves_404_and_a_saved_wsdl_file_works(tmp_path: Path) -> Non
         local.write_text(server.wsdl_text(), encoding="utf-8")
         with soap_client(str(local)) as client:
             session = Session(client)
-            assert "not found" in session.error("GetWebSalesOrder", SEED_QUERY)
+            assert "not found" in session.error("GetWebSalesOrder", SEED_WEB_SALES_ORDER_CRITERIA)
 
 
 def test_executes_from_several_threads_run_concurrently() -> None:

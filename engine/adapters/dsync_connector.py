@@ -109,9 +109,9 @@ Reads and writes: the mass-sync reads and this receiver's deliveries hold one lo
 sees a write of this receiver half done and ``Total`` and the items of a page agree; the engine
 serializes deliveries anyway, so this costs no throughput, only a write waits for a page being read.
 
-The HTTP server is the Aljex live receiver's (``engine.adapters.aljex_live``): waitress, a fixed pool of
-``threads``, at most ``max_connections`` open, head checks before the body, idle and whole-request
-timeouts, and on stop (SIGTERM) the requests in flight are answered before it closes.
+The HTTP server is the one the receivers share (``engine.adapters.http_receiver``, the Aljex live receiver's
+too): waitress, a fixed pool of ``threads``, at most ``max_connections`` open, head checks before the body,
+idle and whole-request timeouts, and on stop (SIGTERM) the requests in flight are answered before it closes.
 """
 
 from __future__ import annotations
@@ -120,9 +120,7 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import re
-import socket
 import threading
 import time
 from collections import deque
@@ -133,21 +131,8 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from waitress import wasyncore
-from waitress.server import create_server
-from waitress.task import ErrorTask
-
-from engine.adapters.aljex_live import (
-    _FIXED_ERRORS,
-    MAX_HEADER_BYTES,
-    STOP_WAIT,
-    SWEEP_EVERY,
-    TICK,
-    _Channel,
-    _connection_room,
-    _Refusal,
-)
-from engine.errors import ConfigError, ConnectError, RunFailed
+from engine.adapters.http_receiver import Rendered, WaitressReceiver, WSGIApp, request_headers, server_option
+from engine.errors import ConfigError, RunFailed
 from engine.interfaces import CREATE, DELETE, UPDATE, Delivery, PushEvent, RouteInfo, StreamContext
 from engine.registry import REGISTRY
 from engine.typed_config import build, option, schema_of, secret
@@ -184,18 +169,12 @@ class DsyncConnectorConfig:
         "from auth_token (HMAC-SHA256, hex), which GET /datalayout shows the hub.",
         examples=[{"product": "{{ env.DSYNC_PRODUCT_TOKEN }}"}])
     per_page: int = option("Records per page of the mass sync (/api/sync/items).", 100, minimum=1, maximum=10000)
-    max_body_bytes: int = option("Largest request body accepted, in bytes (larger requests get 413).", 1048576,
-                                 minimum=1)
-    idle_timeout: float = option("Seconds a silent connection is kept open.", 30.0, exclusiveMinimum=0)
-    request_timeout: float = option("Seconds a client has to send a whole request (head and body) once it began; "
-                                    "a slower one is disconnected, however steadily it trickles.", 30.0,
-                                    exclusiveMinimum=0)
-    threads: int = option("Threads that answer requests. Records are still written one at a time; more threads "
-                          "check and read more requests at once.", 8, minimum=1, maximum=256)
-    max_connections: int = option("Connections open at once at most; further ones wait in the listen backlog "
-                                  "until one closes.", 1000, minimum=1)
-    backlog: int = option("Connections the operating system queues until the receiver accepts them (on Linux "
-                          "capped by net.core.somaxconn).", 1024, minimum=1)
+    max_body_bytes: int = server_option("max_body_bytes")
+    idle_timeout: float = server_option("idle_timeout")
+    request_timeout: float = server_option("request_timeout")
+    threads: int = server_option("threads")
+    max_connections: int = server_option("max_connections")
+    backlog: int = server_option("backlog")
 
 
 @dataclass(frozen=True)
@@ -259,36 +238,6 @@ def _encode(reply: _Reply) -> bytes:
     except ValueError:  # a NaN or infinity read back from the destination: JSON has no such number
         text = json.dumps(envelope(500, detail={"message": "a value could not be sent as JSON"}))
     return text.encode("utf-8")
-
-
-def _status_line(status: int) -> str:
-    return f"{status} {HTTPStatus(status).phrase}"
-
-
-class _ErrorTask(ErrorTask):  # type: ignore[misc]  # waitress ships no type information
-    """Answers a request refused from its head, or one waitress could not parse, with the seed's envelope."""
-
-    def execute(self) -> None:
-        """Write the answer; the connection closes after it."""
-        error = self.request.error
-        if isinstance(error, _Refusal) and isinstance(error.answer, _Reply):
-            reply: _Reply = error.answer
-        elif isinstance(error, _Refusal) or error.code == 500:
-            reply = _reply(500)
-        else:
-            reply = _problem(error.code, _FIXED_ERRORS.get(error.code, str(error.reason).lower()))
-        body = _encode(reply)
-        self.status = _status_line(reply.status)
-        self.response_headers.extend([*reply.headers, ("Content-Type", "application/json")])
-        self.set_close_on_finish()
-        self.content_length = len(body)
-        self.write(b"" if getattr(self.request, "command", "") == "HEAD" else body)
-
-
-class _DsyncChannel(_Channel):
-    """The Aljex receiver's connection (deadlines, refusal at the head, lingering close), answering in JSON."""
-
-    error_task_class = _ErrorTask
 
 
 @dataclass
@@ -478,21 +427,21 @@ def _layout_fields(entity: _Entity) -> list[dict[str, Any]]:
 
 
 @REGISTRY.receiver("dsync_connector", config=DsyncConnectorConfig, options=DsyncConnectorOptions)
-class DsyncConnectorReceiver:
+class DsyncConnectorReceiver(WaitressReceiver[DsyncConnectorConfig, _Reply]):
     """Dsync connector API: a Dsync hub creates, updates and deletes entities, and reads them back."""
+
+    receiver_name = "dsync_connector"
 
     def __init__(self, config: DsyncConnectorConfig, base_dir: Path) -> None:
         if not config.auth_token:
             raise ConfigError("dsync_connector needs an auth_token (from the environment)")
-        self.config = config
+        super().__init__(config)
         self._auth = config.auth_token.encode("utf-8")
         self.entities: dict[str, _Entity] = {}
         self.notifications: deque[Notification] = deque(maxlen=KEEP)
         self.jobs: deque[Job] = deque(maxlen=KEEP)
         self.lock = threading.Lock()
         """Held by each delivery and each mass-sync read (see the module doc)."""
-        self.server: Any = None  # a waitress TcpWSGIServer between bind() and the end of serve()
-        self.deliver: Callable[[PushEvent], Delivery] | None = None
 
     # --- the engine's side ---------------------------------------------------------------------
 
@@ -627,15 +576,11 @@ class DsyncConnectorReceiver:
             log.exception("dsync_connector: answering %s %s failed", environ.get("REQUEST_METHOD"),
                           environ.get("PATH_INFO", "")[:100])
             reply = _reply(500)
-        body = _encode(reply)
-        start_response(_status_line(reply.status), [*reply.headers, ("Content-Type", "application/json"),
-                                                    ("Content-Length", str(len(body)))])
-        return [body]
+        return [self.render(reply).start(start_response)]
 
     def answer(self, environ: dict[str, Any]) -> _Reply:
         """Check (again: the app is safe on its own), read the body, and answer the route."""
-        headers = {name.removeprefix("HTTP_"): value for name, value in environ.items()
-                   if name.startswith("HTTP_") or name in ("CONTENT_TYPE", "CONTENT_LENGTH")}
+        headers = request_headers(environ)
         target = environ.get("REQUEST_URI") or environ["PATH_INFO"]
         call = self.examine(environ["REQUEST_METHOD"], target, headers, chunked=False)
         if isinstance(call, _Reply):
@@ -771,89 +716,16 @@ class DsyncConnectorReceiver:
             items = rows((int(raw) - 1) * per_page, per_page)
         return _reply(200, {"items": items}, headers=(("Total", str(total)), ("Per-Page", str(per_page))))
 
-    # --- the server ------------------------------------------------------------------------------
+    # --- the server's hooks (engine.adapters.http_receiver) ----------------------------------------
 
-    def bind(self, host: str, port: int) -> str:
-        """Open the listening socket; returns the connector URL to give the hub."""
-        self.close()
-        config = self.config
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" takes IPv4 requests too
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise ConnectError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-        # waitress warns on every queued request once all threads are busy: a burst would log a line per request.
-        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-        # The server counts its listener and its wake-up pipe as connections.
-        connection_limit = _connection_room(config.max_connections) + 2
-        self.server = create_server(
-            self, map={}, sockets=[sock], threads=config.threads, connection_limit=connection_limit,
-            backlog=config.backlog, channel_timeout=max(1, math.ceil(config.idle_timeout)),
-            max_request_body_size=config.max_body_bytes + 1,  # waitress refuses a length equal to it
-            max_request_header_size=MAX_HEADER_BYTES, expose_tracebacks=False, ident="", asyncore_use_poll=True,
-            log_socket_errors=False, clear_untrusted_proxy_headers=False)
-        self.server.channel_class = _DsyncChannel
-        self.server.receiver = self
-        bound = sock.getsockname()[1]
-        shown = f"[{host}]" if family == socket.AF_INET6 else host
-        return f"http://{shown}:{bound}"
+    def application(self) -> WSGIApp:
+        """The receiver itself is the WSGI application (:meth:`__call__`)."""
+        return self
 
-    def serve(self, deliver: Callable[[PushEvent], Delivery], stop: threading.Event) -> None:
-        """Answer requests until ``stop`` is set, then finish the requests in flight and close."""
-        if self.server is None:
-            self.bind("127.0.0.1", 0)
-        server = self.server
-        self.deliver = deliver
-        try:
-            next_sweep = 0.0
-            while not stop.is_set():
-                wasyncore.loop(timeout=TICK, use_poll=True, map=server._map, count=1)
-                if time.monotonic() >= next_sweep:
-                    self._sweep(server)
-                    next_sweep = time.monotonic() + SWEEP_EVERY
-        finally:
-            try:
-                self._drain(server)
-            finally:
-                self.server = None
+    def render(self, reply: _Reply) -> Rendered:
+        """A reply as JSON, the form of every answer this receiver sends."""
+        return Rendered(reply.status, (*reply.headers, ("Content-Type", "application/json")), _encode(reply))
 
-    def _sweep(self, server: Any) -> None:
-        """Close connections silent for ``idle_timeout`` or with a request unfinished after ``request_timeout``."""
-        silent_since = time.time() - self.config.idle_timeout  # waitress stamps activity with time.time()
-        begun_before = time.monotonic() - self.config.request_timeout
-        now = time.monotonic()
-        for channel in list(server.active_channels.values()):
-            if channel.linger_until is not None and channel.linger_until < now:
-                channel.will_close = True
-            if channel.requests:
-                continue  # a complete request is being answered; its connection is busy, not slow
-            if channel.last_activity < silent_since or (channel.began is not None and channel.began < begun_before):
-                channel.will_close = True
-
-    def _drain(self, server: Any) -> None:
-        """Stop accepting, close idle connections, let the requests in flight be answered, then close."""
-        wasyncore.dispatcher.close(server)  # the listener only; the wake-up pipe is still needed
-        deadline = time.monotonic() + STOP_WAIT
-        while server.active_channels and time.monotonic() < deadline:
-            for channel in list(server.active_channels.values()):
-                with channel.requests_lock:
-                    request = channel.request
-                    uploading = request is not None and request.headers_finished and not request.completed
-                    if not channel.requests and not uploading:
-                        channel.close_when_flushed = True  # closes once its last answer is sent
-            self._sweep(server)  # an upload still gets only until its request deadline
-            wasyncore.loop(timeout=0.05, use_poll=True, map=server._map, count=1)
-        server.task_dispatcher.shutdown(timeout=5)
-        wasyncore.close_all(server._map)
-
-    def close(self) -> None:
-        """Close a socket that was bound but never served."""
-        if self.server is not None:
-            self.server.task_dispatcher.shutdown(timeout=5)
-            wasyncore.close_all(self.server._map)
-            self.server = None
+    def waitress_error(self, status: int, text: str) -> _Reply:
+        """waitress's refusal in the seed's envelope; a failure is the seed's bare 500."""
+        return _reply(500) if status == 500 else _problem(status, text)

@@ -152,9 +152,25 @@ def _choose_streams(pipeline: Pipeline, adapters: Mapping[tuple[str, str], Any],
 def write_cache(path: Path, pipeline: str, entry: Mapping[str, Any]) -> None:
     """Put a pipeline's entry in the cache (the other pipelines that share its state folder keep theirs).
 
-    The file is written whole or not at all, so a reader never sees half of it.
+    An endpoint this discovery could not read keeps what an earlier discovery found (and the syncs'
+    choices of its streams), so a failed run never wipes a good layout. The file is written whole or
+    not at all, so a reader never sees half of it.
     """
     document = read_cache(path) or {"format": CACHE_FORMAT, "pipelines": {}}
+    before = document["pipelines"].get(pipeline)
+    entry = {**entry, "sources": dict(entry.get("sources") or {}),
+             "destinations": dict(entry.get("destinations") or {}),
+             "syncs": {k: dict(v) for k, v in (entry.get("syncs") or {}).items()}}
+    if isinstance(before, dict):
+        for section in ("sources", "destinations"):
+            for name, old in (before.get(section) or {}).items():
+                if name not in entry[section]:
+                    entry[section][name] = old
+                    side = "source" if section == "sources" else "destination"
+                    for sync, chosen in (before.get("syncs") or {}).items():
+                        if isinstance(chosen, dict) and isinstance(chosen.get(side), dict) \
+                                and chosen[side].get("endpoint") == name:
+                            entry["syncs"].setdefault(sync, {}).setdefault(side, chosen[side])
     document["pipelines"][pipeline] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")

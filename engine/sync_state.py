@@ -255,8 +255,11 @@ class SyncState:
         if not unseen:
             return []
         if snapshot and whole:
-            self.store.drop_dead(self.stream_id, unseen)
-            self.dead_keys.difference_update(unseen)
+            # A record gone from the snapshot takes its dead letter along, except a delete that failed: its
+            # key is missing on purpose, and the letter stays until the delete goes through.
+            gone = [d.key for d in self.store.dead_letters(self.stream_id, unseen) if d.action != DELETE]
+            self.store.drop_dead(self.stream_id, gone)
+            self.dead_keys.difference_update(gone)
             return []
         return [d for d in self.store.dead_letters(self.stream_id, unseen) if d.record and d.action != UNREADABLE]
 

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,6 +37,7 @@ from engine.logs import JsonLinesHandler
 from engine.logs import configure as configure_logging
 from engine.registry import REGISTRY, ROLES
 from engine.runner import Engine, RunOptions, RunReport
+from engine.schedule import upcoming
 from engine.schema_errors import did_you_mean
 from engine.schema_export import editor_schema
 
@@ -519,9 +521,84 @@ def adapters(name: Annotated[str | None, typer.Argument(help="Show one adapter's
 def serve(pipeline: PipelineArg,
           host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8080,
+          no_schedules: Annotated[bool, typer.Option("--no-schedules", help="Serve the receivers only; run no "
+                                                                              "schedule.")] = False,
+          max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, metavar="N",
+                                                    help="Scheduled jobs running at once at most, across "
+                                                         "profiles.")] = 4,
           state: StateOpt = None, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
-    """Run the pipeline's receivers: records pushed to them are mapped and written as they arrive."""
-    raise typer.Exit(api.serve(pipeline, host=host, port=port, state=state, variables=_vars(var), env_file=env_file))
+    """Run the pipeline's receivers and its schedules (every enabled profile's) until SIGTERM or SIGINT.
+
+    Records pushed to a receiver are mapped and written as they arrive. Each schedule runs its syncs when
+    due (`syncengine schedule` lists when), one run of a sync at a time across processes; a run missed
+    while serve was down runs once at start. On SIGTERM, runs in flight commit their batch and end
+    interrupted, and serve exits 0.
+    """
+    from engine.push import serve_pipeline
+
+    variables = _vars(var)
+    with api.environment(env_file):
+        loaded = api.load(pipeline, variables=variables)
+        code = serve_pipeline(loaded, host=host, port=port, state_path=state, schedules=not no_schedules,
+                              max_parallel=max_parallel, variables=variables)
+    raise typer.Exit(code)
+
+
+def _moment(text: str | None) -> datetime:
+    """``--from``: an ISO 8601 moment (UTC when it names no offset), or now."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--from {text!r}: expected an ISO 8601 moment such as 2026-03-08T00:00:00Z") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@app.command("schedule")
+def schedule_runs(pipeline: PipelineArg,
+                  count: Annotated[int, typer.Option("--count", "-n", min=0, max=1000,
+                                                     help="Run times to list per schedule.")] = 5,
+                  start: Annotated[str | None, typer.Option(
+                      "--from", metavar="MOMENT", show_default=False,
+                      help="List the runs after this moment (ISO 8601; UTC unless it has an offset) instead of "
+                           "after now.")] = None,
+                  as_json: JsonOpt = False, var: VarOpt = None) -> None:
+    """The schedules `serve` runs: per profile (or the pipeline) and job, the schedule in words, its syncs, and
+    the next run times in its time zone and in UTC. Nothing is run; the state is not read."""
+    from engine.scheduler import pipeline_jobs, why_empty
+
+    moment = _moment(start)
+    loaded = api.load(pipeline, variables=_vars(var))
+    jobs = pipeline_jobs(loaded, variables=_vars(var))
+    listed = []
+    runs_of = [upcoming(job.schedule, moment, count) if job.syncs else [] for job in jobs]
+    for job, runs in zip(jobs, runs_of, strict=True):
+        listed.append({"pipeline": job.pipeline.name, "profile": job.profile, "group": job.group,
+                       "syncs": list(job.syncs), "schedule": job.schedule.describe(),
+                       "timezone": job.schedule.zone_name, "spec": job.spec, "location": job.location,
+                       "note": None if job.syncs else why_empty(job),
+                       "next": [{"local": run.astimezone(job.schedule.zone).isoformat(), "utc": run.isoformat()}
+                                for run in runs]})
+    if as_json:
+        out.print(json.dumps(listed, indent=2, default=str), markup=False)
+        return
+    if not jobs:
+        out.print(f"{pipeline}: no schedules; give the pipeline, a group or a profile a `schedule:` "
+                  "(every: 30 minutes, every: 1 day at \"4:00 AM\", cron: ...)", markup=False)
+        return
+    current = None
+    for job, item, runs in zip(jobs, listed, runs_of, strict=True):
+        if job.pipeline.name != current:
+            current = job.pipeline.name
+            out.print(current, markup=False)
+        what = f"group {job.group}" if job.group else "pipeline schedule"
+        out.print(f"  {what}: {item['schedule']}; syncs: {', '.join(job.syncs) or '-'}", markup=False)
+        if not job.syncs:
+            out.print(f"    {item['note']}", markup=False)
+        for run in runs:
+            local = run.astimezone(job.schedule.zone)
+            out.print(f"    {local:%Y-%m-%d %H:%M:%S %Z}  ({run:%Y-%m-%d %H:%M:%S} UTC)", markup=False)
 
 
 @app.command()

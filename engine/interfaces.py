@@ -169,6 +169,8 @@ class PendingChange:
     key_values: dict[str, Any]
     remote_id: str | None
     since: str
+    values: dict[str, Any] | None = None
+    """What was sent (as JSON gives it back), for a check that compares it with what the system holds."""
 
 
 @runtime_checkable

@@ -31,7 +31,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
@@ -51,6 +51,7 @@ from engine.interfaces import (
 from engine.mapping import AnyMapping, CompiledMapping
 from engine.retry import Backoff
 from engine.runner import Engine, RunOptions, SyncReport
+from engine.scheduler import Scheduler, pipeline_jobs, why_empty
 from engine.sync_loop import SyncLoop
 from engine.sync_state import SyncState
 
@@ -238,40 +239,86 @@ def _serve(receiver: PushSource[object], deliver: Callable[[PushEvent], Delivery
         stop.set()
 
 
-def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str | None = None) -> int:
-    """Serve every receiver of the pipeline until SIGTERM or SIGINT; returns the exit code."""
+def _schedule(scheduler: Scheduler, stop: threading.Event, failures: list[str]) -> None:
+    """The scheduler's loop on its thread; should it end by itself (a bug), the whole server stops."""
+    try:
+        scheduler.run_forever()
+    except Exception as exc:  # noqa: BLE001 - reported, and the whole server stops
+        log.error("the scheduler stopped: %s: %s", type(exc).__name__, exc)
+        failures.append(f"the scheduler stopped: {type(exc).__name__}")
+    finally:
+        stop.set()
+
+
+def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str | None = None,
+                   schedules: bool = True, max_parallel: int = 4,
+                   variables: Mapping[str, Any] | None = None) -> int:
+    """Serve every receiver of the pipeline and run its schedules until SIGTERM or SIGINT; returns the exit code.
+
+    The schedules are the pipeline's, or every enabled profile's when it has a profiles file (loaded with
+    ``variables`` over their own vars; see :mod:`engine.scheduler`); ``schedules=False`` serves the receivers
+    only. A pipeline needs a receiver or a schedule to be served. On SIGTERM or SIGINT no job starts any
+    more, the running ones end after the batch in flight is committed (``interrupted``), and the exit is 0.
+    """
     receivers = [name for name, ep in pipeline.sources.items() if ep.role == "receiver"]
-    if not receivers:
-        raise ConfigError(f"{pipeline.path}: no source is a receiver, so there is nothing to serve; "
-                          "use `syncengine apply` for pull sources")
-    engine = Engine(pipeline, state_path=state_path)
-    hub = PushHub(engine)
+    jobs = pipeline_jobs(pipeline, variables=variables) if schedules else []
+    for job in jobs:
+        if not job.syncs:
+            log.warning("%s (%s): %s", job.title, job.location, why_empty(job))
+    jobs = [job for job in jobs if job.syncs]
+    if not receivers and not jobs:
+        if not schedules:
+            raise ConfigError(f"{pipeline.path}: no source is a receiver, so with --no-schedules there is nothing to "
+                              "serve; use `syncengine apply` for pull sources")
+        raise ConfigError(f"{pipeline.path}: no source is a receiver and no schedule runs a sync, so there is "
+                          "nothing to serve; give the pipeline (or a group, or a profile) a `schedule:`, or use "
+                          "`syncengine apply` for pull sources")
+    engine = Engine(pipeline, state_path=state_path) if receivers else None
+    hub = PushHub(engine) if engine is not None else None
+    scheduler = Scheduler(jobs, state=state_path, max_parallel=max_parallel) if jobs else None
     stop = threading.Event()
     failures: list[str] = []
     threads: list[threading.Thread] = []
     restore = _on_signals(stop)
     try:
-        for name in receivers:
-            receiver = engine.receiver(name)
-            routes = hub.add_receiver(name, receiver)
-            url = receiver.bind(host, port)
-            print(f"listening on {url} ({name}: {', '.join(routes)})", flush=True)
-            threads.append(threading.Thread(target=_serve, name=f"receiver-{name}", daemon=True,
-                                            args=(receiver, hub.deliverer(name), stop, failures,
-                                                  engine.redactor.text)))
+        if engine is not None and hub is not None:
+            for name in receivers:
+                receiver = engine.receiver(name)
+                routes = hub.add_receiver(name, receiver)
+                url = receiver.bind(host, port)
+                print(f"listening on {url} ({name}: {', '.join(routes)})", flush=True)
+                threads.append(threading.Thread(target=_serve, name=f"receiver-{name}", daemon=True,
+                                                args=(receiver, hub.deliverer(name), stop, failures,
+                                                      engine.redactor.text)))
+        if scheduler is not None:
+            for job in jobs:
+                at = scheduler.next_due(job)
+                when = "now (a run was missed)" if at <= scheduler.now() else at.isoformat()
+                print(f"scheduled {job.title}: {job.schedule.describe()}; syncs {', '.join(job.syncs)}; next run "
+                      f"{when}", flush=True)
+            threads.append(threading.Thread(target=_schedule, name="scheduler", daemon=True,
+                                            args=(scheduler, stop, failures)))
         for thread in threads:
             thread.start()
         while not stop.wait(0.5):
             pass
+        if scheduler is not None:
+            scheduler.request_stop()  # no new job; the running ones end after their batch in flight
         for thread in threads:
             thread.join()
     finally:
         stop.set()
-        restore()
         try:
-            hub.finish("failed" if failures else "ok", "; ".join(failures) or None)
+            if scheduler is not None:
+                scheduler.close()
         finally:
-            engine.close()
+            restore()
+            try:
+                if hub is not None:
+                    hub.finish("failed" if failures else "ok", "; ".join(failures) or None)
+            finally:
+                if engine is not None:
+                    engine.close()
     print("stopped", flush=True)
     return EXIT_FAILED if failures else EXIT_OK
 

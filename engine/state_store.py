@@ -26,7 +26,7 @@ import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,18 @@ CREATE TABLE IF NOT EXISTS pending (
     key TEXT NOT NULL,
     action TEXT NOT NULL,
     since TEXT NOT NULL,
+    payload TEXT,
     PRIMARY KEY (stream_id, key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    pipeline TEXT NOT NULL,
+    sync TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    token TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (pipeline, sync)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_by_token ON leases (token);
 CREATE TABLE IF NOT EXISTS dead_letters (
     stream_id INTEGER NOT NULL,
     key TEXT NOT NULL,
@@ -188,6 +198,25 @@ class Known:
     tombstone: bool = False
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A claim on one sync of a pipeline by one scheduled run (see :meth:`StateStore.acquire_leases`)."""
+
+    pipeline: str
+    sync: str
+    owner: str
+    """The holding process, ``host:pid:start`` (:func:`process_owner`): a lease whose process ended is free."""
+    token: str
+    """The holding run's own id, so two runs in one process (two jobs sharing a sync) exclude each other too."""
+    expires_at: str
+    """ISO 8601 UTC; the holder renews it while it runs, so a holder that hangs or vanished elsewhere lets go."""
+
+
+def _lease_stamp(moment: datetime) -> str:
+    """A lease time as text that sorts as it compares (UTC, always with microseconds)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def _interrupted_message(owner: str | None) -> str:
     pid = (owner or "").split(":")[1:2]
     return (f"interrupted: the process (pid {pid[0]}) ended without closing the run" if pid and pid[0]
@@ -231,6 +260,9 @@ class StateStore:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
         if "owner" not in columns:  # state made by an earlier version
             self.db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        pending_columns = {row[1] for row in self.db.execute("PRAGMA table_info(pending)")}
+        if "payload" not in pending_columns:  # pending changes recorded before their values were
+            self.db.execute("ALTER TABLE pending ADD COLUMN payload TEXT")
         if "start" not in columns:  # runs recorded before their start time was
             self.db.execute("ALTER TABLE runs ADD COLUMN start TEXT")
             self.db.execute("ALTER TABLE runs ADD COLUMN start_reason TEXT")
@@ -272,10 +304,12 @@ class StateStore:
                                    (stream_id, TOMBSTONE)).fetchone()[0])
 
     def keys(self, stream_id: int) -> list[str]:
-        """The live keys a sync has delivered, in key order (a change accepted but still pending is not)."""
+        """The live keys a sync has delivered, in key order (a create accepted but still pending is not; an
+        update still pending is: the record was there before)."""
         return [r[0] for r in self.db.execute(
             "SELECT r.key FROM records r WHERE r.stream_id = ? AND r.hash NOT IN (?, ?) AND NOT EXISTS "
-            "(SELECT 1 FROM pending p WHERE p.stream_id = r.stream_id AND p.key = r.key) ORDER BY r.key",
+            "(SELECT 1 FROM pending p WHERE p.stream_id = r.stream_id AND p.key = r.key AND p.action = 'create') "
+            "ORDER BY r.key",
             (stream_id, TOMBSTONE, STALE))]
 
     def lookup(self, stream_id: int, key: str) -> tuple[bytes, str | None] | None:
@@ -370,7 +404,7 @@ class StateStore:
                      deletes: Sequence[str] = (),
                      dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]] = (),
                      resolved: Sequence[str] = (), held: Sequence[HeldRow] = (),
-                     pending: Sequence[tuple[str, str]] = (), settled_pending: Sequence[str] = (),
+                     pending: Sequence[tuple[str, str, str | None]] = (), settled_pending: Sequence[str] = (),
                      synced: bool = True) -> None:
         """Record an acknowledged batch, its dead letters and the run's progress in one transaction.
 
@@ -396,7 +430,8 @@ class StateStore:
                       upserts: Sequence[tuple[str, bytes, str | None, str | None]], deletes: Sequence[str],
                       dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]],
                       resolved: Sequence[str], held: Sequence[HeldRow], now: str,
-                      pending: Sequence[tuple[str, str]] = (), settled_pending: Sequence[str] = ()) -> None:
+                      pending: Sequence[tuple[str, str, str | None]] = (),
+                      settled_pending: Sequence[str] = ()) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -404,8 +439,8 @@ class StateStore:
                 db.executemany("DELETE FROM pending WHERE stream_id = ? AND key = ?",
                                [(stream_id, k) for k in settled_pending])
             if pending:
-                db.executemany("INSERT OR REPLACE INTO pending (stream_id, key, action, since) VALUES (?, ?, ?, ?)",
-                               [(stream_id, k, a, now) for k, a in pending])
+                db.executemany("INSERT OR REPLACE INTO pending (stream_id, key, action, since, payload) "
+                               "VALUES (?, ?, ?, ?, ?)", [(stream_id, k, a, now, v) for k, a, v in pending])
             if upserts:
                 db.executemany("INSERT INTO records (stream_id, key, hash, remote_id, memo) VALUES (?, ?, ?, ?, ?) "
                                "ON CONFLICT (stream_id, key) DO UPDATE SET hash = excluded.hash, "
@@ -532,11 +567,12 @@ class StateStore:
         except sqlite3.OperationalError:
             return set()  # a state made before pending changes, opened read-only by a plan
 
-    def pending_changes(self, stream_id: int) -> list[tuple[str, str, str | None, str]]:
-        """(key, action, remote id, since) of the pending changes, oldest first."""
-        return [(k, a, r, t) for k, a, r, t in self.db.execute(
-            "SELECT p.key, p.action, r.remote_id, p.since FROM pending p LEFT JOIN records r ON r.stream_id = "
-            "p.stream_id AND r.key = p.key WHERE p.stream_id = ? ORDER BY p.since, p.key", (stream_id,))]
+    def pending_changes(self, stream_id: int) -> list[tuple[str, str, str | None, str, str | None]]:
+        """(key, action, remote id, since, the values sent as JSON) of the pending changes, oldest first."""
+        return [(k, a, r, t, v) for k, a, r, t, v in self.db.execute(
+            "SELECT p.key, p.action, r.remote_id, p.since, p.payload FROM pending p LEFT JOIN records r ON "
+            "r.stream_id = p.stream_id AND r.key = p.key WHERE p.stream_id = ? ORDER BY p.since, p.key",
+            (stream_id,))]
 
     def settle_pending(self, stream_id: int, done: Sequence[str], undone: Sequence[tuple[str, str]]) -> None:
         """Settle pending changes: ``done`` happened; ``undone`` (key, action) did not, so the record is sent
@@ -654,3 +690,60 @@ class StateStore:
             db.execute("ROLLBACK")
             raise
         return records, dead, cursor
+
+    # --- leases ----------------------------------------------------------------------------------------
+
+    def acquire_leases(self, pipeline: str, syncs: Sequence[str], token: str, *, seconds: float,
+                       now: datetime | None = None, owner: str | None = None) -> list[Lease]:
+        """Lease every sync of a scheduled job at once, or none; returns the leases in the way (empty: taken).
+
+        A lease stands in the way while it has not expired and its owner process is alive (a process on
+        another host is taken as alive, so there only the expiry frees it). ``BEGIN IMMEDIATE`` makes the
+        check and the take one step for every process on this state, so two schedulers cannot both win.
+        ``now`` (default: the real clock) is for tests; ``owner`` defaults to this process. A manual
+        ``apply`` takes no lease: leases order scheduled runs among themselves.
+        """
+        moment = now or datetime.now(UTC)
+        names = list(dict.fromkeys(syncs))
+        if not names:
+            return []
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute(f"SELECT pipeline, sync, owner, token, expires_at FROM leases WHERE pipeline = ? AND "
+                              f"sync IN ({','.join('?' * len(names))})", (pipeline, *names)).fetchall()
+            current = _lease_stamp(moment)
+            held = [lease for lease in (Lease(*row) for row in rows)
+                    if lease.token != token and lease.expires_at > current and not owner_gone(lease.owner)]
+            if not held:
+                until = _lease_stamp(moment + timedelta(seconds=seconds))
+                who = owner or process_owner()
+                db.executemany("INSERT INTO leases (pipeline, sync, owner, token, expires_at) VALUES (?, ?, ?, ?, ?) "
+                               "ON CONFLICT (pipeline, sync) DO UPDATE SET owner = excluded.owner, "
+                               "token = excluded.token, expires_at = excluded.expires_at",
+                               [(pipeline, name, who, token, until) for name in names])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return held
+
+    def renew_leases(self, token: str, *, seconds: float, now: datetime | None = None) -> int:
+        """Push the expiry of a run's leases ``seconds`` past now; returns how many it still holds (fewer than
+        it took means another process took some over, after they expired)."""
+        until = _lease_stamp((now or datetime.now(UTC)) + timedelta(seconds=seconds))
+        return int(self.db.execute("UPDATE leases SET expires_at = ? WHERE token = ?", (until, token)).rowcount)
+
+    def release_leases(self, token: str) -> int:
+        """Give up a run's leases; returns how many it still held."""
+        return int(self.db.execute("DELETE FROM leases WHERE token = ?", (token,)).rowcount)
+
+    def leases(self, pipeline: str | None = None) -> list[Lease]:
+        """The leases recorded (of one pipeline, or all), expired ones included, by pipeline and sync."""
+        where, args = ("WHERE pipeline = ?", (pipeline,)) if pipeline is not None else ("", ())
+        try:
+            rows = self.db.execute(f"SELECT pipeline, sync, owner, token, expires_at FROM leases {where} "
+                                   "ORDER BY pipeline, sync", args).fetchall()
+        except sqlite3.OperationalError:
+            return []  # a state made before leases, opened read-only by a plan
+        return [Lease(*row) for row in rows]

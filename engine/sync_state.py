@@ -206,15 +206,17 @@ class SyncState:
             for change, digest, outcome in delivered]
         dead_keys = self.dead_keys
         resolved = [k for k in (*(u[0] for u in upserts), *deletes, *settled) if k in dead_keys] if dead_keys else []
-        accepted = [(change.key, change.action) for change, _, outcome in delivered if outcome.pending]
-        accepted += [(key, DELETE) for key in deletes_pending]
+        accepted: list[tuple[str, str, str | None]] = [
+            (change.key, change.action, json.dumps(change.values, default=str) if change.values is not None else None)
+            for change, _, outcome in delivered if outcome.pending]
+        accepted += [(key, DELETE, None) for key in deletes_pending]
         was_pending = self.pending
         settled_pending = [k for k in (*(u[0] for u in upserts), *deletes) if k in was_pending] if was_pending else []
         self.store.commit_batch(self.stream_id, self.run_row, counts, upserts=upserts, deletes=deletes, dead=dead,
                                 resolved=resolved, held=unknown, synced=synced, pending=accepted,
                                 settled_pending=settled_pending)
         was_pending.difference_update(settled_pending)
-        was_pending.update(k for k, _ in accepted)
+        was_pending.update(k for k, _, _ in accepted)
         dead_keys.difference_update(resolved)
         dead_keys.update(row[0] for row in dead)
         if self.held:
@@ -228,8 +230,9 @@ class SyncState:
 
     def pending_changes(self) -> list[PendingChange]:
         """The changes accepted earlier and not known to be carried out."""
-        return [PendingChange(key, action, self.key_values_of(key), remote_id, since)
-                for key, action, remote_id, since in self.store.pending_changes(self.stream_id)]
+        return [PendingChange(key, action, self.key_values_of(key), remote_id, since,
+                              json.loads(values) if values else None)
+                for key, action, remote_id, since, values in self.store.pending_changes(self.stream_id)]
 
     def settle_pending(self, done: Sequence[str], undone: Sequence[tuple[str, str]]) -> None:
         """Record what the destination confirmed: done, or not done (then the record is sent again)."""

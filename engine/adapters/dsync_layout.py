@@ -25,6 +25,10 @@ from engine.errors import ConnectError, RecordError
 from engine.interfaces import DiscoveredField, DiscoveredStream
 
 TYPES = ("text", "number", "object")
+"""The seed's types; a connector may declare others, which are checked when they are known kinds and else
+passed as they are."""
+_KINDS = {"string": "text", "integer": "integer", "int": "integer", "decimal": "number", "float": "number",
+          "double": "number", "bool": "boolean", "boolean": "boolean"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ def _field(data: Mapping[str, Any]) -> LayoutField:
     key = treekey.rsplit(".", 1)[-1] if treekey else str(data.get("name"))
     kind = str(data.get("type") or "text").lower()
     children = tuple(_field(f) for f in data.get("fields") or () if isinstance(f, Mapping))
-    return LayoutField(key, treekey, kind if kind in TYPES else "text", bool(data.get("required")),
+    return LayoutField(key, treekey, _KINDS.get(kind, kind), bool(data.get("required")),
                        bool(data.get("multiple")), bool(data.get("primary_key")),
                        str(data["foreign_key"]) if data.get("foreign_key") else None, children)
 
@@ -139,6 +143,10 @@ def _check(fields: Sequence[LayoutField], values: Mapping[str, Any], prefix: str
                 continue
             if f.type == "number" and (isinstance(item, bool) or not isinstance(item, (int, float, Decimal))):
                 raise RecordError(f"'{where}' takes a number, not {_kind(item)}", field=where)
+            if f.type == "integer" and (isinstance(item, bool) or not isinstance(item, int)):
+                raise RecordError(f"'{where}' takes a whole number, not {_kind(item)}", field=where)
+            if f.type == "boolean" and not isinstance(item, bool):
+                raise RecordError(f"'{where}' takes true or false, not {_kind(item)}", field=where)
             if f.type == "text" and not isinstance(item, str):
                 raise RecordError(f"'{where}' takes text, not {_kind(item)}", field=where)
             if f.type == "object":

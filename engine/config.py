@@ -435,6 +435,24 @@ class _Checker:
             self.problems.append(Problem(file, line, col, shown, message))
         return not found
 
+    def schedules(self, data: dict[str, Any]) -> None:
+        """Each schedule of the pipeline (its own, its groups') parsed now, so `validate` finds a bad one."""
+        from engine.schedule import ScheduleError, parse_schedule
+
+        found: list[YamlPath] = [("schedule",)] if isinstance(data.get("schedule"), dict) else []
+        groups = data.get("groups")
+        if isinstance(groups, dict):
+            found += [("groups", name, "schedule") for name, block in groups.items()
+                      if isinstance(block, dict) and isinstance(block.get("schedule"), dict)]
+        for path in found:
+            value: Any = data
+            for part in path:
+                value = value[part]
+            try:
+                parse_schedule(value, path)
+            except ScheduleError as exc:
+                self.problems.append(self.located.problem(exc.path or path, exc.message))
+
     def groups(self, groups: dict[str, Any], syncs: dict[str, Any]) -> dict[str, tuple[str, ...]]:
         """The pipeline's groups, each in the pipeline's sync order; an unknown sync is a located problem."""
         out: dict[str, tuple[str, ...]] = {}
@@ -584,6 +602,7 @@ def load_pipeline(path: str | Path, registry: Registry = REGISTRY, *, display: s
     syncs = {n: s for n, b in section("syncs").items()
              if (s := checker.sync(n, b, sources, destinations, section("sources"), section("destinations")))}
     groups = checker.groups(section("groups"), section("syncs"))
+    checker.schedules(data)
     checker.problems.extend(_discovered_field_problems(file, located, data, sources, destinations, syncs))
     if checker.problems:
         raise PipelineInvalid(checker.problems)

@@ -130,10 +130,17 @@ def source_fields(engine: Engine, sync: SyncSpec) -> tuple[tuple[str, ...], tupl
         sources.append(sync.key_template[0])
     chains: set[tuple[str, ...]] = set()
     for source in sources:
-        for node in engine.env.parse(source).find_all((nodes.Getattr, nodes.Getitem)):
+        ast = engine.env.parse(source)
+        for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
             chain = _chain(node)
-            if chain is not None:
+            if chain is not None and chain != ("get",):  # record.get is the method, not a field
                 chains.add(chain)
+        for call in ast.find_all(nodes.Call):  # record.get('name') reads the field 'name'
+            target = call.node
+            if isinstance(target, nodes.Getattr) and target.attr == "get" and isinstance(target.node, nodes.Name) \
+                    and target.node.name == "record" and call.args and isinstance(call.args[0], nodes.Const) \
+                    and isinstance(call.args[0].value, str):
+                chains.add((call.args[0].value,))
     # Only the longest reads: record.inventory.qty says inventory is an object holding qty.
     longest = sorted(c for c in chains if not any(o != c and o[:len(c)] == c for o in chains))
     copies = {str(f.path[0]): _chain_of(engine, f.source) for f in sync.fields or () if f.is_template

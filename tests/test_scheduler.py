@@ -701,17 +701,24 @@ def test_bad_schedules_are_located_in_the_file_that_holds_them(tmp_path: Path) -
     (tmp_path / "profiles.yml").write_text(TENANT_PROFILES.replace(
         "groups: {fast: {schedule: {every: 3 hours}}}",
         "groups: {fsat: {schedule: {every: 3 hours}}, fast: {schedule: {every: 3 hourz}}}"), encoding="utf-8")
-    for verb in (("schedule",), ("serve", "--port", "0")):
+    # The pipeline's own schedules are checked when it loads (validate finds them too); the profiles' next.
+    for verb in (("validate",), ("schedule",), ("serve", "--port", "0")):
         result = syncengine(*verb[:1], "p.yml", *verb[1:], cwd=tmp_path)
         assert result.code == 2, result.text
         assert result.err.splitlines() == [
             "p.yml:12:83: groups.nightly.schedule.timezone: unknown time zone 'Asia/Tokio' (did you mean "
             "'Asia/Tokyo'?); use an IANA name such as 'Europe/London', 'America/New_York' or 'UTC'",
+            "1 problem found; nothing was run."]
+    (tmp_path / "p.yml").write_text(TENANTS, encoding="utf-8")
+    for verb in (("schedule",), ("serve", "--port", "0")):
+        result = syncengine(*verb[:1], "p.yml", *verb[1:], cwd=tmp_path)
+        assert result.code == 2, result.text
+        assert result.err.splitlines() == [
             "profiles.yml:7:14: profiles.beta.groups.fsat: unknown group 'fsat' (did you mean 'fast'?); the groups "
             "are: fast, nightly, plain",
             "profiles.yml:7:75: profiles.beta.groups.fast.schedule.every: unknown unit 'hourz' (did you mean "
             "'hour'?); the units are minutes, hours and days",
-            "3 problems found; nothing was run."]
+            "2 problems found; nothing was run."]
 
 
 def test_schedule_says_when_there_is_nothing_to_list_or_a_schedule_runs_nothing(tmp_path: Path) -> None:

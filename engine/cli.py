@@ -526,6 +526,15 @@ def serve(pipeline: PipelineArg,
           max_parallel: Annotated[int, typer.Option("--max-parallel", min=1, metavar="N",
                                                     help="Scheduled jobs running at once at most, across "
                                                          "profiles.")] = 4,
+          control: Annotated[bool, typer.Option(
+              "--control", help="Also serve the Autofy-compatible control API (/api/v1/: company, profiles, "
+                                "schedule, runsync, disconnect); SYNCENGINE_CONTROL_TOKEN and SYNCENGINE_CONTROL_KEY "
+                                "from the environment.")] = False,
+          templates: Annotated[Path | None, typer.Option(
+              "--templates", help="--control: the folder of pipeline files a SyncProfileTemplate names (default: "
+                                  "the pipeline's folder).")] = None,
+          control_port: Annotated[int, typer.Option("--control-port", help="--control: its port (0 picks a free "
+                                                                           "one).")] = 0,
           state: StateOpt = None, var: VarOpt = None, env_file: EnvFileOpt = None) -> None:
     """Run the pipeline's receivers and its schedules (every enabled profile's) until SIGTERM or SIGINT.
 
@@ -540,7 +549,8 @@ def serve(pipeline: PipelineArg,
     with api.environment(env_file):
         loaded = api.load(pipeline, variables=variables)
         code = serve_pipeline(loaded, host=host, port=port, state_path=state, schedules=not no_schedules,
-                              max_parallel=max_parallel, variables=variables)
+                              max_parallel=max_parallel, variables=variables, control=control,
+                              templates_dir=templates, control_port=control_port)
     raise typer.Exit(code)
 
 

@@ -32,6 +32,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -57,6 +58,8 @@ from engine.sync_state import SyncState
 
 log = logging.getLogger("syncengine").getChild("serve")
 
+CONTROL_REFRESH = 5.0
+"""Seconds between readings of the schedules the control API sets (``serve --control``)."""
 WRITE_RETRY = Backoff(first=0.2, cap=2.0, retries=3)
 """A pushed record is retried briefly: the sender is waiting, and it retries a 5xx itself."""
 
@@ -259,7 +262,8 @@ def _schedule(scheduler: Scheduler, stop: threading.Event, failures: list[str]) 
 
 def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str | None = None,
                    schedules: bool = True, max_parallel: int = 4,
-                   variables: Mapping[str, Any] | None = None) -> int:
+                   variables: Mapping[str, Any] | None = None, control: bool = False,
+                   templates_dir: Path | None = None, control_port: int = 0) -> int:
     """Serve every receiver of the pipeline and run its schedules until SIGTERM or SIGINT; returns the exit code.
 
     The schedules are the pipeline's, or every enabled profile's when it has a profiles file (loaded with
@@ -273,7 +277,15 @@ def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str 
         if not job.syncs:
             log.warning("%s (%s): %s", job.title, job.location, why_empty(job))
     jobs = [job for job in jobs if job.syncs]
-    if not receivers and not jobs:
+    app = None
+    if control:
+        from engine.control_api import control_app_from_env  # late: only serve --control needs it
+
+        state_file = Path(state_path) if state_path else pipeline.state_path
+        app = control_app_from_env(templates_dir or pipeline.base_dir, state_file.resolve().parent / "control.db")
+        own = list(jobs)
+        jobs += _control_jobs(app) if schedules else []
+    if not receivers and not jobs and app is None:
         if not schedules:
             raise ConfigError(f"{pipeline.path}: no source is a receiver, so with --no-schedules there is nothing to "
                               "serve; use `syncengine apply` for pull sources")
@@ -282,10 +294,12 @@ def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str 
                           "`syncengine apply` for pull sources")
     engine = Engine(pipeline, state_path=state_path) if receivers else None
     hub = PushHub(engine) if engine is not None else None
-    scheduler = Scheduler(jobs, state=state_path, max_parallel=max_parallel) if jobs else None
+    scheduler = Scheduler(jobs, state=state_path, max_parallel=max_parallel) if jobs or (app and schedules) \
+        else None
     stop = threading.Event()
     failures: list[str] = []
     threads: list[threading.Thread] = []
+    closers: list[Callable[[], None]] = []
     restore = _on_signals(stop)
     try:
         if engine is not None and hub is not None:
@@ -297,6 +311,16 @@ def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str 
                 threads.append(threading.Thread(target=_serve, name=f"receiver-{name}", daemon=True,
                                                 args=(receiver, hub.deliverer(name), stop, failures,
                                                       engine.redactor.text)))
+        if app is not None:
+            from engine.control_api import make_control_server
+
+            url, serve_forever, close_control = make_control_server(host, control_port, app)
+            closers.append(close_control)
+            print(f"control API on {url}", flush=True)
+            threads.append(threading.Thread(target=serve_forever, name="control", daemon=True))
+            if scheduler is not None:
+                threads.append(threading.Thread(target=_follow_control, name="control-schedules", daemon=True,
+                                                args=(app, scheduler, own, stop)))
         if scheduler is not None:
             for job in jobs:
                 at = scheduler.next_due(job)
@@ -311,6 +335,8 @@ def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str 
             pass
         if scheduler is not None:
             scheduler.request_stop()  # no new job; the running ones end after their batch in flight
+        for close in closers:
+            close()  # the control API answers what is in flight, its runs end after their batch
         for thread in threads:
             thread.join()
     finally:
@@ -328,6 +354,28 @@ def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str 
                     engine.close()
     print("stopped", flush=True)
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _control_jobs(app: Any) -> list[Any]:
+    """The scheduled jobs of the profiles made through the control API (read when called)."""
+    from engine.scheduler import jobs_of
+
+    jobs = []
+    for instance in app.scheduled_pipelines():
+        try:
+            jobs += [job for job in jobs_of(instance) if job.syncs]
+        except SyncEngineError as exc:
+            log.warning("control profile %s: its schedule cannot run: %s", instance.name, exc)
+    return jobs
+
+
+def _follow_control(app: Any, scheduler: Any, base: list[Any], stop: threading.Event) -> None:
+    """Keep the scheduler's jobs in step with the schedules the control API sets (every few seconds)."""
+    while not stop.wait(CONTROL_REFRESH):
+        try:
+            scheduler.jobs = [*base, *_control_jobs(app)]
+        except Exception as exc:  # noqa: BLE001 - a refresh that fails leaves the jobs as they were
+            log.warning("control schedules could not be read: %s", exc)
 
 
 def _on_signals(stop: threading.Event) -> Callable[[], None]:

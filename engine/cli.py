@@ -252,6 +252,7 @@ def _run(pipeline: Path, options: RunOptions, state: str | None, as_json: bool, 
     worst = 0
     try:
         many = len(profiles or []) > 1
+        reports: list[dict[str, Any]] = []
         for profile in profiles or [None]:
             ref = _ref(pipeline, var, profile)
             try:
@@ -260,10 +261,18 @@ def _run(pipeline: Path, options: RunOptions, state: str | None, as_json: bool, 
             except Disconnected as exc:
                 if not many:
                     raise
-                out.print(f"{profile}: skipped: {exc}", markup=False)  # one tenant switched off is no failure
+                # One tenant switched off is no failure: said on stderr, so a --json stdout stays one document.
+                err.print(f"{profile}: skipped: {exc}", markup=False)
+                if as_json:
+                    reports.append({"profile": profile, "skipped": str(exc)})
+                continue
+            worst = max(worst, report.exit_code)
+            if as_json and many:
+                reports.append({"profile": profile, **report.to_dict()})
                 continue
             _summary(report, as_json)
-            worst = max(worst, report.exit_code)
+        if as_json and many:
+            out.print(json.dumps(reports, default=str, indent=2), markup=False)
     finally:
         if isinstance(progress, _Progress):
             progress.stop()

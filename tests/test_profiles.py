@@ -58,8 +58,9 @@ def test_three_profiles_sync_their_own_files_into_their_own_tables_with_separate
     pipeline = setup(tmp_path)
     result = syncengine("apply", pipeline, "--all-profiles", "--json", env=ENV, cwd=tmp_path)
     assert result.code == 0, result.text
-    reports = [json.loads(part) for part in result.out.replace("}\n{", "}\n\x00{").split("\x00")]
-    assert [r["pipeline"] for r in reports] == ["tenants@acme", "tenants@beta", "tenants@gamma"]
+    reports = json.loads(result.out)  # one document for every profile
+    assert [(r["profile"], r["pipeline"]) for r in reports] == [
+        ("acme", "tenants@acme"), ("beta", "tenants@beta"), ("gamma", "tenants@gamma")]
     for n, tenant in enumerate(("acme", "beta", "gamma"), start=1):
         # Each tenant's own rows, and its own secret through its environment name (1, 2, 3 characters).
         assert rows(tmp_path / f"out-{tenant}.db", "SELECT id, name, secret_seen FROM customers ORDER BY id") == [
@@ -87,7 +88,7 @@ def test_disconnecting_one_profile_skips_only_it_and_apply_refuses_it_by_name(tm
     assert syncengine("disconnect", pipeline, "--profile", "beta", cwd=tmp_path).code == 0
     result = syncengine("apply", pipeline, "--all-profiles", env=ENV, cwd=tmp_path)
     assert result.code == 0, result.text
-    assert "beta: skipped: syncs customers, orders are disconnected" in result.out
+    assert "beta: skipped: syncs customers, orders are disconnected" in result.err
     assert not (tmp_path / "out-beta.db").exists() and (tmp_path / "out-gamma.db").exists()
     refused = syncengine("apply", pipeline, "--profile", "beta", "--sync", "orders", env=ENV, cwd=tmp_path)
     assert refused.code == 5 and "sync orders is disconnected" in refused.err

@@ -107,6 +107,7 @@ runs are asked to stop after the batch in flight (their cursors stay) and are wa
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -614,9 +615,14 @@ class ControlApp:
             if record is None:
                 continue
             try:
-                out.append(self.load(record, credentials=self.store.credentials(profile_id)))
+                pipeline = self.load(record, credentials=self.store.credentials(profile_id))
             except (ConfigError, Business) as exc:
                 log.error("control: profile %s is scheduled but cannot be loaded: %s", profile_id, exc)
+                continue
+            # Autofy's schedule is the whole profile's (syncId 0: every sync): the template's group schedules,
+            # which would take their syncs off it, do not apply to a profile scheduled through the API.
+            spec = pipeline.schedules.get(None)
+            out.append(dataclasses.replace(pipeline, schedules={None: spec}) if spec is not None else pipeline)
         return out
 
     def _usable(self, record: ProfileRecord, template: str | None = None) -> Pipeline:

@@ -278,6 +278,9 @@ def serve_pipeline(pipeline: Pipeline, *, host: str, port: int, state_path: str 
             log.warning("%s (%s): %s", job.title, job.location, why_empty(job))
     jobs = [job for job in jobs if job.syncs]
     app = None
+    if control and state_path is not None:
+        raise ConfigError("--state with --control: the control API's runs keep their state beside each template, "
+                          "where its scheduled runs must look too; leave --state out")
     if control:
         from engine.control_api import control_app_from_env  # late: only serve --control needs it
 

@@ -94,3 +94,27 @@ def quickstart(tmp_path: Path) -> Iterator[Path]:
     target = tmp_path / "quickstart"
     shutil.copytree(REPO / "samples" / "quickstart", target, ignore=shutil.ignore_patterns("out", ".syncengine"))
     yield target / "pipeline.yml"
+
+
+def apply_json(pipeline: Path, *args: str, env: dict[str, str], timeout: float = 90) -> tuple[Result, Any]:
+    """``syncengine apply PIPELINE --json`` from the repository: the result and its parsed report."""
+    result = syncengine("apply", pipeline, "--json", *args, cwd=REPO, env=env, timeout=timeout)
+    try:
+        report = json.loads(result.out)
+    except json.JSONDecodeError:
+        pytest.fail(f"apply printed no JSON report (exit {result.code}):\n{result.text}")
+    return result, report
+
+
+def counts(report: Any, sync: str) -> dict[str, int]:
+    """The counts of one sync of a run report."""
+    block = report["syncs"][sync]
+    return {k: block[k] for k in ("read", "creates", "updates", "deletes", "unchanged", "skipped", "errors")}
+
+
+def dead_letters_json(pipeline: Path, env: dict[str, str]) -> list[dict[str, Any]]:
+    """``syncengine dead-letters PIPELINE --json``."""
+    result = syncengine("dead-letters", pipeline, "--json", cwd=REPO, env=env)
+    assert result.code == 0, result.text
+    letters: list[dict[str, Any]] = json.loads(result.out)
+    return letters

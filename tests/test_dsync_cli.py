@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, Result, rows, syncengine
+from conftest import REPO, Result, apply_json, counts, dead_letters_json, rows, syncengine
 from servers.dsync_server import DEFAULT_AUTH_TOKEN, DsyncServer
 
 ENV = {"DSYNC_AUTH_TOKEN": DEFAULT_AUTH_TOKEN}
@@ -133,19 +133,8 @@ def order_doc(row: dict[str, str]) -> dict[str, Any]:
 
 
 def apply(pipeline: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 100) -> tuple[Result, Any]:
-    """``syncengine apply PIPELINE --json``: the result and its parsed report."""
-    result = syncengine("apply", pipeline, "--json", *args, cwd=REPO, env=env or ENV, timeout=timeout)
-    try:
-        report = json.loads(result.out)
-    except json.JSONDecodeError:
-        pytest.fail(f"apply printed no JSON report (exit {result.code}):\n{result.text}")
-    return result, report
-
-
-def counts(report: Any, sync: str) -> dict[str, int]:
-    """The counts of one sync of a run report."""
-    block = report["syncs"][sync]
-    return {k: block[k] for k in ("read", "creates", "updates", "deletes", "unchanged", "skipped", "errors")}
+    """``syncengine apply PIPELINE --json`` with this module's environment."""
+    return apply_json(pipeline, *args, env=env or ENV, timeout=timeout)
 
 
 def tally(read: int, creates: int = 0, updates: int = 0, deletes: int = 0, unchanged: int = 0,
@@ -155,11 +144,8 @@ def tally(read: int, creates: int = 0, updates: int = 0, deletes: int = 0, uncha
 
 
 def dead_letters(pipeline: Path) -> list[dict[str, Any]]:
-    """``syncengine dead-letters PIPELINE --json``."""
-    result = syncengine("dead-letters", pipeline, "--json", cwd=REPO, env=ENV)
-    assert result.code == 0, result.text
-    letters: list[dict[str, Any]] = json.loads(result.out)
-    return letters
+    """``syncengine dead-letters PIPELINE --json`` with this module's environment."""
+    return dead_letters_json(pipeline, ENV)
 
 
 def pending_of(pipeline: Path) -> dict[str, int]:

@@ -373,6 +373,12 @@ class Engine:
                     # records of a receiver arrive by themselves, under `syncengine serve`
                     and self.pipeline.sources[sync.source].role != "receiver"]
         selected = self.connected(selected, explicit=bool(wanted), report=report, dry_run=options.dry_run)
+        if selected and not options.dry_run and self._store_exists():
+            busy = self.store.held_elsewhere(self.pipeline.name, [s.name for s in selected])
+            if busy:
+                pid = (busy[0].owner.split(":") + ["", ""])[1]
+                raise RunFailed(f"sync '{busy[0].sync}' is being run by a scheduled job right now (serve, pid {pid}); "
+                                "nothing ran. Two runs of one sync at once are never started: try again when it ends")
         self.prepare(selected, destinations=not options.dry_run)
         for sync in selected:
             name = sync.name
@@ -382,11 +388,15 @@ class Engine:
                 break
         return report
 
+    def _store_exists(self) -> bool:
+        """Whether there is a state to ask (asking makes no file where there is none)."""
+        return self._store is not None or str(self._state_path) == ":memory:" or Path(self._state_path).exists()
+
     def connected(self, selected: list[SyncSpec], *, explicit: bool, report: RunReport,
                   dry_run: bool) -> list[SyncSpec]:
         """The selected syncs that are not disconnected; asking for a disconnected one by name (or finding
         every selected sync disconnected) is refused with one line, nothing run."""
-        if self._store is None and str(self._state_path) != ":memory:" and not Path(self._state_path).exists():
+        if not self._store_exists():
             return selected  # no state yet: nothing was ever disconnected, and no file is made for asking
         off = self.store.disconnected(self.pipeline.name)
         if not off:

@@ -734,6 +734,13 @@ class StateStore:
         until = _lease_stamp((now or datetime.now(UTC)) + timedelta(seconds=seconds))
         return int(self.db.execute("UPDATE leases SET expires_at = ? WHERE token = ?", (until, token)).rowcount)
 
+    def held_elsewhere(self, pipeline: str, syncs: Sequence[str]) -> list[Lease]:
+        """The live leases on these syncs held by another process (a scheduled run in ``serve`` elsewhere)."""
+        mine = process_owner()
+        current = _lease_stamp(datetime.now(UTC))
+        return [lease for lease in self.leases(pipeline) if lease.sync in syncs and lease.owner != mine
+                and lease.expires_at > current and not owner_gone(lease.owner)]
+
     def release_leases(self, token: str) -> int:
         """Give up a run's leases; returns how many it still held."""
         return int(self.db.execute("DELETE FROM leases WHERE token = ?", (token,)).rowcount)

@@ -116,3 +116,34 @@ def test_an_unknown_profile_is_located_with_a_did_you_mean(tmp_path: Path) -> No
     result = syncengine("apply", pipeline, "--profile", "acm", env=ENV, cwd=tmp_path)
     assert result.code == 2
     assert "profiles.yml:1:1: profiles: unknown profile 'acm' (did you mean 'acme'?)" in result.err
+
+
+def test_apply_refuses_a_sync_a_scheduled_job_in_another_process_is_running(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from engine.state_store import StateStore, process_owner
+
+    pipeline = setup(tmp_path)
+    assert syncengine("apply", pipeline, "--profile", "acme", env=ENV, cwd=tmp_path).code == 0
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host, _, _ = process_owner().split(":")
+        stat = Path(f"/proc/{other.pid}/stat").read_text().rsplit(")", 1)[-1].split()[19]
+        store = StateStore(tmp_path / ".syncengine" / "state.db")
+        try:
+            assert store.acquire_leases("tenants@acme", ["customers"], "job-1", seconds=300,
+                                        owner=f"{host}:{other.pid}:{stat}") == []
+        finally:
+            store.close()
+        refused = syncengine("apply", pipeline, "--profile", "acme", env=ENV, cwd=tmp_path)
+        assert refused.code == 3
+        assert f"sync 'customers' is being run by a scheduled job right now (serve, pid {other.pid})" in refused.err
+        other.kill()
+        other.wait(10)
+        # Once that process is gone its lease stands in nobody's way.
+        assert syncengine("apply", pipeline, "--profile", "acme", env=ENV, cwd=tmp_path).code == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait(10)

@@ -80,6 +80,10 @@ class EnvView:
             return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
         raise KeyError(name)
 
+    def shown(self, name: Any) -> Any:
+        """The variable a name reads, as a message names it (a profile's own name for it, when it has one)."""
+        return self.aliases.get(name, name) if isinstance(name, str) else name
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """The variable's value, or ``default`` when neither NAME nor NAME_FILE is set."""
         try:
@@ -142,7 +146,7 @@ class SyncEnvironment(BoundedSandbox):
             try:
                 return obj[argument]
             except (KeyError, TypeError):
-                return self.undefined(hint=f"environment variable {argument!r} is not set")
+                return self.undefined(hint=f"environment variable {obj.shown(argument)!r} is not set")
         return super().getitem(obj, argument)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
@@ -157,7 +161,7 @@ class SyncEnvironment(BoundedSandbox):
                 return obj[attribute]
             except KeyError:
                 listing = f" ({ENV_LOOKUPS_ONLY})" if attribute in _LISTING_METHODS else ""
-                return self.undefined(hint=f"environment variable '{attribute}' is not set{listing}")
+                return self.undefined(hint=f"environment variable '{obj.shown(attribute)}' is not set{listing}")
         return super().getattr(obj, attribute)
 
 

@@ -2,7 +2,7 @@
 syncengine profiles unchanged (``syncengine serve --control``, off by default).
 
 Why Autofy's API: partners already have client code for Propelware Autofy's partner API
-(``/work/shared/seeds/000_8d2f8d3a6570aab5.txt``, "Autofy Batch Sync API"). Serving the same routes, bodies and
+(the Autofy Batch Sync API document, "Autofy Batch Sync API"). Serving the same routes, bodies and
 envelope lets that code point at syncengine by changing only its base URL and token.
 
 Routes, below ``/api/v1/`` (paths are case-insensitive, with or without a trailing slash, as IIS serves them)::

@@ -1,6 +1,6 @@
 """The Autofy-compatible control API, driven over real HTTP with the seed's own request bodies.
 
-The bodies below are the seed's (``/work/shared/seeds/000_8d2f8d3a6570aab5.txt``) byte for byte, tabs and all,
+The bodies below are the seed's (the Autofy Batch Sync API document) byte for byte, tabs and all,
 including their oddities: ``"DataSource": "AutofyXml"``, the schedule example's unquoted property names, the
 ``UserName`` the developer portal's e-mail obfuscation left as ``[email\u00a0protected]`` (with a no-break space),
 and the profile example that is not JSON at all (its two credential lists never close). Only the example

@@ -1,6 +1,6 @@
 """The Dsync connector receiver: a hub's session against ``syncengine serve`` over real HTTP, SQLite checked.
 
-The hub's side is spoken with ``requests`` as the seed (``/work/shared/seeds/004_4d4e63ead88d73a8.txt``) has it:
+The hub's side is spoken with ``requests`` as the seed (the Dsync connector API document) has it:
 the layout, entity writes with Auth-Token, Entity-Token, Process-Id and Entity-Id, notifications, set_job with
 the seed's trailing comma, and the mass sync read back from the destination. Checks that need the receiver's
 insides (a destination that cannot be read back, the head refused before the body) run it in this process.

@@ -1,6 +1,6 @@
 """A real HTTP server that behaves like Propelware's Autofy partner API, for tests.
 
-The ground truth is ``/work/shared/seeds/000_8d2f8d3a6570aab5.txt`` (the "Autofy Batch Sync API" page of the
+The ground truth is the Autofy Batch Sync API document (the "Autofy Batch Sync API" page of the
 developer portal). Where it is silent this server does what an ASP.NET Web API service would most likely do, and
 every such choice is written below, so that an adapter written against this server stays honest against the real
 one.

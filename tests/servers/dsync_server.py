@@ -1,6 +1,6 @@
 """A real HTTP server implementing the Dsync connector API (the "destination" a hub pushes into), for tests.
 
-The ground truth is ``/work/shared/seeds/004_4d4e63ead88d73a8.txt`` (an aglio page of 2016). Every answer is the
+The ground truth is the Dsync connector API document (an aglio page of 2016). Every answer is the
 seed's envelope ``{"status", "message", "detail": {}, "data": {...}}``, with the seed's messages. Where the seed is
 silent this server does what an integrator would expect, and every such choice is written below, so that a client
 written against this server stays honest against a real connector.

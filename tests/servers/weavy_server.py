@@ -1,6 +1,6 @@
 """A real HTTP server that behaves like the Divalto CRM ("Weavy") data API, for tests and benchmarks.
 
-The ground truth is ``/work/shared/seeds/003_ec47428338cc2114.txt`` (French, with its URLs and most of its
+The ground truth is the Divalto Weavy data API document (French, with its URLs and most of its
 example documents cut out). Where it is silent this server does what an integrator would expect, and every such
 choice is written below, so that an adapter written against this server stays honest against the real one.
 

@@ -445,7 +445,11 @@ def test_a_killed_order_run_resumes_without_duplicates(tmp_path: Path) -> None:
         c = counts(report, "orders")
         assert (c["read"], c["creates"], c["unchanged"], c["errors"]) == (200, 200 - recorded, recorded, 0)
         assert any("was interrupted" in note for note in report["syncs"]["orders"]["notes"]), report
-        assert_orders_landed(server, orders, state)
+        try:
+            assert_orders_landed(server, orders, state)
+        except AssertionError as exc:  # what both runs said, to tell a lost SalesOrderID's story
+            killed = (tmp_path / "killed.out").read_text(encoding="utf-8", errors="replace")[-4000:]
+            raise AssertionError(f"{exc}\n--- killed run ---\n{killed}\n--- rerun ---\n{result.text[-4000:]}") from None
         # Orders stored but not recorded when the client died were refused as existing and adopted after a
         # read back, each exactly once; every other order was sent once.
         readback = server.calls["GetWebSalesOrder"]

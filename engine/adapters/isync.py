@@ -29,6 +29,7 @@ change or delete either: a change to a record already sent is a record error tha
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -47,6 +48,8 @@ from engine.errors import ConfigError, RecordError
 from engine.interfaces import CREATE, Change, Outcome, StreamContext
 from engine.registry import REGISTRY
 from engine.typed_config import option
+
+log = logging.getLogger(__name__)
 
 SOURCE_OPERATIONS = ("GetProductStockCatalogue", "GetProductStockUnits", "GetWebSalesOrder")
 DESTINATION_OPERATIONS = ("PersistWebSalesOrder", "CreateWebCreditNote")
@@ -368,7 +371,16 @@ class ISyncDestinationStream:
             return Outcome(False, error=f"iSync did not answer ({exc}); the order read back: {found}; the next "
                                         "run sends it again")
         if answer.ok:
-            return Outcome(True, remote_id=self.remote_id(answer))
+            remote_id = self.remote_id(answer)
+            if remote_id is None and self.orders and self.options.adopt_existing:
+                # Stored, but the answer gave no SalesOrderID we could read: read the order back for it, so
+                # the state never keeps a sent order without its id.
+                log.warning("iSync stored order %s but its answer carried no readable SalesOrderID; reading it "
+                            "back", change.key)
+                found = self.adopt(values, change.key)
+                if isinstance(found, Outcome):
+                    return found
+            return Outcome(True, remote_id=remote_id)
         if self.orders and self.options.adopt_existing and self.exists.search(answer.text):
             found = self.adopt(values, change.key)
             if isinstance(found, Outcome):
@@ -415,7 +427,9 @@ class ISyncDestinationStream:
             return None
         try:
             found = wire.parse_response(self.op.message_type, answer.xml)
-        except wire.WireError:
+        except wire.WireError as exc:
+            log.warning("iSync %s: the answer's MessageXml could not be read (%s)", self.options.operation,
+                        exc.message)
             return None  # the write succeeded; an answer we cannot read only means no remote id
         if isinstance(found, dict):
             for name in ("SalesOrderID", "CreditNoteID", "ID"):

@@ -49,6 +49,7 @@ from engine.mapping import (
     IdentityMapping,
     compile_template,
 )
+from engine.purity import RawSkip, bare_field, mapping_purity
 from engine.retry import Backoff
 from engine.schema_errors import did_you_mean
 from engine.state_store import StateStore
@@ -106,6 +107,10 @@ class SyncReport:
     """Records sent in this run whose outcome is unknown (held until someone decides)."""
     pending: int = 0
     """Changes the destination accepted in this run without carrying them out yet (confirmed by a later run)."""
+    unmapped: int = 0
+    """Unchanged records recognised by their raw hash, without running the mapping (part of ``unchanged``)."""
+    raw_skip: str | None = None
+    """Why unchanged records were mapped anyway (``None`` when the sync skips them, or maps nothing)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
@@ -113,7 +118,7 @@ class SyncReport:
                                "errors_detail": self.errors, "message": self.message, "cursor": self.cursor,
                                "warnings": self.warnings, "notes": self.notes,
                                "deletes_inferred": self.deletes_inferred, "unknown": self.unknown,
-                               "pending": self.pending}
+                               "pending": self.pending, "unmapped": self.unmapped, "raw_skip": self.raw_skip}
         if self.samples:
             out["samples"] = self.samples
         return out
@@ -337,6 +342,26 @@ class Engine:
         by = compile_template(self.env, group.by, context=context) if group.by_is_template else None
         return GroupedMapping(header, items, by=group.by, by_template=by, into=group.into, location=group.location)
 
+    def raw_skip(self, sync: SyncSpec, run: RunInfo) -> tuple[RawSkip | None, str]:
+        """Whether the sync's unchanged raw records may skip its mapping, and if not, why."""
+        if sync.fields is None:
+            return None, "the sync has no mapping"
+        if sync.group is not None:
+            return None, "the mapping groups rows"
+        if len(sync.key_fields) != 1:
+            return None, "the key is not a single field"
+        key_field = next((f for f in sync.fields if f.path == (sync.key_fields[0],)), None)
+        column = bare_field(key_field.source) if key_field is not None and key_field.is_template else None
+        if column is None:
+            return None, f"the key field '{sync.key_fields[0]}' is not a source column copied as it is"
+        sources = [str(f.source) for f in sync.fields if f.is_template]
+        sources.extend(t[0] for t in (sync.key_template, sync.filter_template) if t is not None)
+        context = {"vars": self.pipeline.vars, "env": self.pipeline.env(), "run": run}
+        verdict = mapping_purity(self.env, sources, context)
+        if verdict.version is None:
+            return None, f"the mapping is not pure ({verdict.reason})"
+        return RawSkip(verdict.version, column), ""
+
     def stream_context(self, sync: SyncSpec, mapping: AnyMapping, run: RunInfo,
                        warn: Callable[[str], None] = lambda message: None,
                        note: Callable[[str], None] = lambda message: None) -> StreamContext:
@@ -447,8 +472,12 @@ class Engine:
                 writer = PlanWriter(report, options.sample_size, self.redactor)
             else:
                 writer = self.destination(sync).open_stream(sync.destination_options, ctx)
+            skip = None
+            if replay is None and state.keeps_raw:
+                skip, why = self.raw_skip(sync, run)
+                report.raw_skip = why or None
             SyncLoop(self, sync, state, report, writer, options).run(source, mapping, cursor,
-                                                                     replaying=replay is not None)
+                                                                     replaying=replay is not None, skip=skip)
             if not options.dry_run:
                 writer.finish()  # before the source's finish, which may archive what was read
             if options.strict and report.warnings:

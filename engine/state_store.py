@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS records (
     hash BLOB NOT NULL,
     remote_id TEXT,
     memo TEXT,
+    raw BLOB,
     PRIMARY KEY (stream_id, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
@@ -270,6 +271,9 @@ class StateStore:
         if "state" not in dead_columns:  # dead letters made before held (outcome unknown) ones existed
             self.db.execute("ALTER TABLE dead_letters ADD COLUMN state TEXT NOT NULL DEFAULT 'failed'")
             self.db.execute("ALTER TABLE dead_letters ADD COLUMN hash BLOB")
+        record_columns = {row[1] for row in self.db.execute("PRAGMA table_info(records)")}
+        if "raw" not in record_columns:  # records delivered before raw hashes were kept: each is mapped once more
+            self.db.execute("ALTER TABLE records ADD COLUMN raw BLOB")
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self._temp_ready = False
 
@@ -349,6 +353,38 @@ class StateStore:
             db.execute("COMMIT")
         return {key: Known(bool(known), remote_id, bool(dead)) for key, known, remote_id, dead in rows}
 
+    def has_raw(self) -> bool:
+        """Whether the records keep raw hashes (a plan reads an older state read-only, without them)."""
+        return any(row[1] == "raw" for row in self.db.execute("PRAGMA table_info(records)"))
+
+    def raw_changed(self, stream_id: int, pairs: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Of a batch's (key, raw hash) pairs, the keys whose raw hash is not the one stored with their last
+        delivery (new, changed, or never hashed raw); the others are marked seen (unchanged, not mapped)."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            db.execute("DELETE FROM temp.cur")
+            db.executemany("INSERT INTO temp.cur (key, hash) VALUES (?, ?)", pairs)
+            db.execute("INSERT OR IGNORE INTO temp.seen (key) SELECT c.key FROM temp.cur c JOIN records r "
+                       "ON r.stream_id = ? AND r.key = c.key WHERE r.raw = c.hash", (stream_id,))
+            rows = db.execute("SELECT c.key FROM temp.cur c LEFT JOIN records r ON r.stream_id = ? AND r.key = c.key "
+                              "WHERE r.raw IS NULL OR r.raw <> c.hash", (stream_id,)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return [row[0] for row in rows]
+
+    def refresh_raw(self, stream_id: int, rows: Sequence[tuple[bytes, str, bytes]]) -> None:
+        """Keep the raw hash of records whose mapped hash is unchanged: (raw, key, mapped hash) each."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("UPDATE records SET raw = ? WHERE stream_id = ? AND key = ? AND hash = ?",
+                           [(raw, stream_id, key, digest) for raw, key, digest in rows])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     def mark_seen(self, keys: Sequence[str]) -> None:
         """Count keys as present in this run (records that failed, so a snapshot does not delete them)."""
         self.db.executemany("INSERT OR IGNORE INTO temp.seen (key) VALUES (?)", [(k,) for k in keys])
@@ -400,7 +436,7 @@ class StateStore:
         return [{"run_id": run_id, "started_at": started} for _, run_id, started, _ in gone]
 
     def commit_batch(self, stream_id: int, run_row: int, counts: dict[str, int], *,
-                     upserts: Sequence[tuple[str, bytes, str | None, str | None]] = (),
+                     upserts: Sequence[tuple[str, bytes, str | None, str | None, bytes | None]] = (),
                      deletes: Sequence[str] = (),
                      dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]] = (),
                      resolved: Sequence[str] = (), held: Sequence[HeldRow] = (),
@@ -427,7 +463,8 @@ class StateStore:
                 db.execute("PRAGMA synchronous = FULL")
 
     def _commit_batch(self, stream_id: int, run_row: int, counts: dict[str, int],
-                      upserts: Sequence[tuple[str, bytes, str | None, str | None]], deletes: Sequence[str],
+                      upserts: Sequence[tuple[str, bytes, str | None, str | None, bytes | None]],
+                      deletes: Sequence[str],
                       dead: Sequence[tuple[str, str | None, str | None, str | None, str, str | None, str | None]],
                       resolved: Sequence[str], held: Sequence[HeldRow], now: str,
                       pending: Sequence[tuple[str, str, str | None]] = (),
@@ -442,10 +479,11 @@ class StateStore:
                 db.executemany("INSERT OR REPLACE INTO pending (stream_id, key, action, since, payload) "
                                "VALUES (?, ?, ?, ?, ?)", [(stream_id, k, a, now, v) for k, a, v in pending])
             if upserts:
-                db.executemany("INSERT INTO records (stream_id, key, hash, remote_id, memo) VALUES (?, ?, ?, ?, ?) "
-                               "ON CONFLICT (stream_id, key) DO UPDATE SET hash = excluded.hash, "
-                               "remote_id = coalesce(excluded.remote_id, records.remote_id), memo = excluded.memo",
-                               [(stream_id, k, h, r, m) for k, h, r, m in upserts])
+                db.executemany("INSERT INTO records (stream_id, key, hash, remote_id, memo, raw) "
+                               "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream_id, key) DO UPDATE SET "
+                               "hash = excluded.hash, "
+                               "remote_id = coalesce(excluded.remote_id, records.remote_id), memo = excluded.memo, "
+                               "raw = excluded.raw", [(stream_id, *row) for row in upserts])
             if deletes:
                 db.executemany("DELETE FROM records WHERE stream_id = ? AND key = ?", [(stream_id, k) for k in deletes])
             if resolved:

@@ -48,6 +48,7 @@ from engine.interfaces import (
     WholeRead,
 )
 from engine.mapping import AnyMapping, GroupedMapping, compile_template, source_rows
+from engine.purity import RawSkip
 from engine.state_store import TOMBSTONE, HeldRow
 from engine.sync_state import COUNTER_OF, UNREADABLE, DeadRow, Pending, SyncState
 
@@ -133,17 +134,27 @@ class SyncLoop:
         self.explain: dict[str, tuple[int, str]] | None = None
         """Per key, the answer a receiver gives its sender (kept only on the push path)."""
         self.last_dead: list[DeadRow] = []
+        self.batch: dict[str, Pending] = {}
+        """The batch being mapped (:meth:`sift` maps a key again that waits in it)."""
+        self.sifted = 0
+        """Records read that :meth:`sift` kept from the mapping (unchanged, or replaced by a later row)."""
 
     # --- a pull run ----------------------------------------------------------------------------------
 
-    def run(self, source: SourceStream, mapping: Mapping_, cursor: str | None, *, replaying: bool) -> None:
-        """Read the source, map and write every batch, then replay leftovers and infer deletes."""
+    def run(self, source: SourceStream, mapping: Mapping_, cursor: str | None, *, replaying: bool,
+            skip: RawSkip | None = None) -> None:
+        """Read the source, map and write every batch, then replay leftovers and infer deletes.
+
+        With ``skip`` (a pure mapping), records whose raw hash is the one stored with their last
+        delivery are counted unchanged without being mapped (:meth:`sift`).
+        """
         self.source = source
         self.confirm_pending()
         # Retrying dead letters that still fail is what a retry is for: no budget applies to it.
         self.budgeted = not replaying
         known_before = self.state.known_count()
         batch: dict[str, Pending] = {}
+        self.batch = batch
         passed: list[dict[str, Any]] = []
         failed: Failed = []
         counts = self.counts
@@ -154,17 +165,20 @@ class SyncLoop:
         records = source.read(cursor)
         if isinstance(mapping, GroupedMapping):
             records = mapping.group(records)  # adjacent rows of one group become one record
+        elif skip is not None:
+            records = self.sift(records, skip)
+        raw_of = self.state.raw_of
         for record in records:
             read += 1
             if record.__class__ is not dict and isinstance(record, RecordError):
                 failed.append((record, None))
-                self.record_failed(record, read, len(failed))
+                self.record_failed(record, read + self.sifted, len(failed))
                 continue
             try:
                 mapped = map_record(record)
             except RecordError as exc:
                 failed.append((exc, record))
-                self.record_failed(exc, read, len(failed))
+                self.record_failed(exc, read + self.sifted, len(failed))
                 if exc.key is not None:
                     batch.pop(exc.key, None)  # a later failure of a key supersedes its earlier success
                 mapped = None
@@ -178,20 +192,22 @@ class SyncLoop:
                 else:
                     batch[mapped.key] = (mapped.values, record_hash(mapped.values), record, None)
             if len(batch) >= size or len(failed) >= size:
-                counts["read"] = read
+                counts["read"] = read + self.sifted
                 self.check_budget(failed, final=False)
                 self.flush(batch, passed, failed)
+                for key in batch:
+                    raw_of.pop(key, None)
                 batch, passed, failed = {}, [], []
+                self.batch = batch
                 if progress:
-                    progress(self.sync.name, read)
-                if self.options.stop is not None and self.options.stop.is_set():
-                    raise Stopped(f"stopped after {read} records, every batch sent so far committed; the next run "
-                                  "goes on from there")
-        counts["read"] = read
+                    progress(self.sync.name, read + self.sifted)
+                self.check_stop(read + self.sifted)
+        counts["read"] = read + self.sifted
         self.check_budget(failed, final=True)
         self.flush(batch, passed, failed)
+        raw_of.clear()
         if progress:
-            progress(self.sync.name, read)
+            progress(self.sync.name, read + self.sifted)
         self.check_budget([], final=True)  # the destination's rejections of the last batch count too
         if replaying:
             return
@@ -205,6 +221,69 @@ class SyncLoop:
         self.report.deletes_inferred = whole
         if whole:
             self.delete_missing(known_before)
+
+    def check_stop(self, read: int) -> None:
+        """Stop between batches when asked to."""
+        if self.options.stop is not None and self.options.stop.is_set():
+            raise Stopped(f"stopped after {read} records, every batch sent so far committed; the next run "
+                          "goes on from there")
+
+    def sift(self, records: Iterator[dict[str, Any] | RecordError], skip: RawSkip
+             ) -> Iterator[dict[str, Any] | RecordError]:
+        """The records to map: those whose raw hash differs from the one stored with their key's last delivery.
+
+        Records are hashed and looked up a batch at a time; the unchanged ones are counted (and marked
+        seen, for delete inference) and go no further. A key already waiting in the batch being mapped
+        is mapped again, so the last record of a key always wins, as without sifting.
+        """
+        state = self.state
+        raw_of = state.raw_of
+        counts = self.counts
+        raw_hash = skip.hasher()
+        column = skip.column
+        size = self.size
+        buffer: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        progress = self.options.progress
+        everything = self.options.full_refresh
+
+        def drain() -> Iterator[dict[str, Any]]:
+            consumed = len(buffer)
+            # A full refresh maps and sends everything, and keeps the raw hashes for the next run.
+            changed = set(buffer) if everything else set(
+                state.raw_changed([(key, entry[0]) for key, entry in buffer.items()]))
+            waiting = self.batch
+            if waiting:
+                changed.update(key for key in buffer if key in waiting)
+            counts["unchanged"] += len(buffer) - len(changed)
+            self.report.unmapped += len(buffer) - len(changed)
+            self.sifted += consumed - len(changed)
+            if changed:
+                for key, (raw, record) in buffer.items():
+                    if key in changed:
+                        raw_of[key] = raw
+                        yield record
+            buffer.clear()
+
+        total = 0
+        for record in records:
+            total += 1
+            if record.__class__ is dict:
+                key = record.get(column)
+                if key.__class__ is str and key:
+                    if key in buffer:
+                        self.sifted += 1  # a later row of the same key replaces it (read, never mapped)
+                    buffer[key] = (raw_hash(record), record)
+                    if len(buffer) >= size:
+                        yield from drain()
+                        if progress:
+                            progress(self.sync.name, total)
+                        self.check_stop(total)
+                    continue
+            # Anything else (an unreadable row, a source's delete, a record without a usable key) is mapped
+            # in its place, after the records read before it.
+            yield from drain()
+            yield record
+        yield from drain()
 
     def key_values(self, values: dict[str, Any]) -> dict[str, Any]:
         """The key fields of a mapped record (all of it when the key is a template)."""
@@ -279,6 +358,8 @@ class SyncLoop:
         explain = self.explain
         decision = state.decide(batch, everything=self.options.full_refresh, explain=explain is not None)
         counts["unchanged"] += decision.unchanged
+        if decision.unchanged and state.raw_of:
+            state.refresh_raw(batch, decision.visited)  # mapped, unchanged: next time its raw hash says so
         counts["skipped"] += len(decision.skipped)
         if explain is not None:
             explain.update((k, (200, why)) for k, why in decision.unchanged_why.items())

@@ -64,6 +64,8 @@ class Decision:
     """Per unchanged key, why (only when asked to explain: a receiver answers its sender with it)."""
     skipped: dict[str, str] = field(default_factory=dict)
     """Keys not sent by the sync's rules (insert-only, deletes outside mirror, late updates), with why."""
+    visited: set[str] = field(default_factory=set)
+    """The keys that are new or changed (sent or skipped); every other key of the batch is unchanged."""
 
 
 class SyncState:
@@ -84,6 +86,10 @@ class SyncState:
         self.run_row = 0
         self.memo_fields = memo_fields
         self._missing: int | None = None
+        self.keeps_raw = store.has_raw()
+        """Whether the records keep raw hashes (a plan of an older state, opened read-only, has none)."""
+        self.raw_of: dict[str, bytes] = {}
+        """The raw hash of each record of the batch being written that has one (kept with its delivery)."""
 
     # --- the run -------------------------------------------------------------------------------------
 
@@ -125,7 +131,7 @@ class SyncState:
         """
         known = self.store.changed(self.stream_id, [(key, p[1]) for key, p in batch.items()],
                                    everything=everything)
-        decision = Decision(unchanged=len(batch) - len(known))
+        decision = Decision(unchanged=len(batch) - len(known), visited=set(known))
         if explain:
             for key, pending in batch.items():
                 if key not in known:
@@ -160,6 +166,25 @@ class SyncState:
             decision.changes.append(Change(UPDATE if live else CREATE, key, values,
                                            state.remote_id if live else None, key_values))
         return decision
+
+    def raw_changed(self, pairs: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Of (key, raw hash) pairs, the keys to map: the others are unchanged since their last delivery
+        (and are marked seen). A key with a dead letter is always mapped, so that its letter settles."""
+        changed = self.store.raw_changed(self.stream_id, pairs)
+        if self.dead_keys:
+            dead = self.dead_keys
+            changed.extend(key for key, _ in pairs if key in dead)
+        return changed
+
+    def refresh_raw(self, batch: Mapping[str, Pending], changed: set[str]) -> None:
+        """Keep the raw hashes of a batch's records whose mapped hash was unchanged (their raw one was not),
+        so the next run need not map them."""
+        raw = self.raw_of
+        if self.dry or not raw:
+            return
+        rows = [(raw[key], key, pending[1]) for key, pending in batch.items() if key in raw and key not in changed]
+        if rows:
+            self.store.refresh_raw(self.stream_id, rows)
 
     def is_live(self, key: str) -> bool:
         """Whether the destination holds the key as far as the state knows (delivered and not deleted)."""
@@ -200,9 +225,10 @@ class SyncState:
         if self.dry:
             return
         memo = self.memo if self.memo_fields else None
-        upserts: list[tuple[str, bytes, str | None, str | None]] = [
-            (change.key, TOMBSTONE, None, None) if change.action == DELETE
-            else (change.key, digest, outcome.remote_id, memo(change.values) if memo else None)
+        raw = self.raw_of
+        upserts: list[tuple[str, bytes, str | None, str | None, bytes | None]] = [
+            (change.key, TOMBSTONE, None, None, None) if change.action == DELETE
+            else (change.key, digest, outcome.remote_id, memo(change.values) if memo else None, raw.get(change.key))
             for change, digest, outcome in delivered]
         dead_keys = self.dead_keys
         resolved = [k for k in (*(u[0] for u in upserts), *deletes, *settled) if k in dead_keys] if dead_keys else []

@@ -13,6 +13,8 @@ import argparse
 import csv
 import json
 import random
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -102,15 +104,46 @@ def _write(path: Path, rows: list[list[str]]) -> None:
     tmp.replace(path)
 
 
-def generate(rows: int, out: Path, seed: int = SEED) -> Dataset:
-    """Write ``loads_<rows>_day1.csv`` and ``_day2.csv`` and their manifest, unless already there."""
-    out.mkdir(parents=True, exist_ok=True)
+def _paths(rows: int, out: Path) -> tuple[Path, Path, Path]:
     stem = out / f"loads_{rows}"
-    day1, day2, manifest = (Path(f"{stem}_day1.csv"), Path(f"{stem}_day2.csv"), Path(f"{stem}.json"))
+    return Path(f"{stem}_day1.csv"), Path(f"{stem}_day2.csv"), Path(f"{stem}.json")
+
+
+def load(rows: int, out: Path, seed: int = SEED) -> Dataset | None:
+    """The files of this size and seed when they were generated already (reads the manifest only)."""
+    day1, day2, manifest = _paths(rows, out)
     if day1.is_file() and day2.is_file() and manifest.is_file():
         data = json.loads(manifest.read_text(encoding="utf-8"))
         if data.get("seed") == seed:
             return Dataset(rows, day1, day2, tuple(data["changed"]), tuple(data["added"]), tuple(data["removed"]))
+    return None
+
+
+def generate_apart(rows: int, out: Path, seed: int = SEED) -> Dataset:
+    """Like ``generate``, the generating done in a process of its own.
+
+    Generating holds the whole table in memory (hundreds of MB at 1M rows); the benchmark's driver
+    must not grow by that, since its children's ``ru_maxrss`` starts from the driver's.
+    """
+    found = load(rows, out, seed)
+    if found is not None:
+        return found
+    cmd = [sys.executable, "-m", "benchmarks.generate", "--rows", str(rows), "--out", str(out), "--seed", str(seed)]
+    subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, check=True, timeout=3600,
+                   stdout=subprocess.DEVNULL)
+    found = load(rows, out, seed)
+    if found is None:
+        raise RuntimeError(f"the generator wrote no {rows}-row files into {out}")
+    return found
+
+
+def generate(rows: int, out: Path, seed: int = SEED) -> Dataset:
+    """Write ``loads_<rows>_day1.csv`` and ``_day2.csv`` and their manifest, unless already there."""
+    out.mkdir(parents=True, exist_ok=True)
+    day1, day2, manifest = _paths(rows, out)
+    found = load(rows, out, seed)
+    if found is not None:
+        return found
     rng = random.Random(seed)
     table = [make_row(rng, n) for n in range(1, rows + 1)]
     # 1 % changed, 0.1 % removed, 0.1 % added: disjoint sets drawn from a second seeded stream.

@@ -7,9 +7,15 @@
 
 Measured (``engine``, ``floor``, ``http``): the job runs alone in its process, so its peak RSS and
 I/O counters are its own; everything is imported before the clock starts and the clock stops when
-the job returned. It prints one JSON line: seconds, the sync's counts, peak RSS (``ru_maxrss``) and
-the process's ``/proc/self/io`` write counters (``wchar`` = bytes handed to ``write``;
-``write_bytes`` = bytes sent to storage), which cover the state database as well as the destination.
+the job returned. It prints one JSON line: seconds, the sync's counts, peak RSS and the process's
+``/proc/self/io`` write counters (``wchar`` = bytes handed to ``write``; ``write_bytes`` = bytes sent
+to storage), which cover the state database as well as the destination.
+
+Peak RSS is ``VmHWM`` from ``/proc/self/status``, read by the job itself at its end: the high-water
+mark of this process's own memory since its ``exec``. ``ru_maxrss`` is reported beside it
+(``ru_maxrss_kb``) but is not used: Linux carries the parent's high-water mark into a child across
+``fork``/``vfork`` and ``exec``, so a child of a large process (a runner that had generated 1M rows in
+memory) reports the parent's figure. ``maxrss_kb`` is ``VmHWM`` where ``/proc`` has it.
 
 ``profile``: the task's preconditions (T1 before T2 and T3) run unprofiled first in
 ``benchmarks/work/profile``, then the task runs under pyinstrument (a call tree), or under py-spy in
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -45,6 +52,17 @@ def io_counters() -> dict[str, int]:
     return {name.strip(): int(value) for name, value in pairs if name.strip() in ("wchar", "write_bytes")}
 
 
+def vm_hwm_kb() -> int | None:
+    """This process's peak resident set since its ``exec`` (``VmHWM``), in kB; None without ``/proc``."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """The engine's run of the benchmark pipeline (``engine.api.apply``)."""
     from engine.api import apply
@@ -60,8 +78,19 @@ def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     data = report.to_dict()
     sync = data["syncs"]["loads"]
     return {"seconds": seconds, "status": sync["status"], "message": sync["message"],
-            "errors_detail": sync["errors_detail"][:3],
+            "errors_detail": sync["errors_detail"][:3], "path": _engine_path(sync),
             "counts": {k: sync[k] for k in ("read", "creates", "updates", "deletes", "unchanged", "errors")}}
+
+
+def _engine_path(sync: dict[str, Any]) -> str:
+    """Which path the engine says it took: ``arrow`` when its summary names one, else ``row``."""
+    named = sync.get("path") or sync.get("engine_path")
+    if isinstance(named, str) and named:
+        return named
+    notes = sync.get("notes") or ()
+    if sync.get("arrow") or any(re.search(r"\barrow\b", str(note), re.IGNORECASE) for note in notes):
+        return "arrow"
+    return "row"
 
 
 def run_floor(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     before = io_counters()
     result = run_floor(args) if args.kind == "floor" else run_engine(args.kind, args)
     after = io_counters()
-    result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    hwm = vm_hwm_kb()
+    result["ru_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["vm_hwm_kb"] = hwm
+    result["maxrss_kb"] = hwm if hwm is not None else result["ru_maxrss_kb"]
     result["io"] = {name: after[name] - before.get(name, 0) for name in after}
     sys.stdout.write(json.dumps(result) + "\n")
     return 0 if result["status"] == "ok" else 1

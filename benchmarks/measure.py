@@ -16,6 +16,9 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,40 @@ ROOT = Path(__file__).resolve().parent.parent
 Fingerprint = dict[str, tuple[int, int, str] | None]
 
 
-def destination_fingerprint(db: Path) -> Fingerprint:
-    """(size, mtime_ns, sha256) of the database and its WAL; ``None`` for a file that is absent."""
+def spawn(cmd: list[str], *, cwd: Path = ROOT, stdin: Path | None = None, env: dict[str, str] | None = None,
+          timeout: float = 1800) -> dict[str, Any]:
+    """Run one child process and measure it from outside: wall time from spawn to exit, its rusage.
+
+    ``whole_seconds`` runs from just before the process is started to its reaping (interpreter
+    start-up, imports and exit included). The child is reaped with ``os.wait4``, so ``rusage`` is this
+    child's alone (``RUSAGE_CHILDREN`` would be the largest of every child so far). Its ``ru_maxrss``
+    is not the child's own peak on Linux (it starts from this process's high-water mark); the jobs
+    report their own ``VmHWM`` for that.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            (stdin.open("rb") if stdin is not None else open(os.devnull, "rb")) as feed:
+        started = time.perf_counter()
+        process = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=feed, stdout=out, stderr=err)
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+        whole = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
+    return {"returncode": process.returncode, "stdout": stdout, "stderr": stderr, "whole_seconds": whole,
+            "ru_maxrss_kb": usage.ru_maxrss, "cpu_seconds": usage.ru_utime + usage.ru_stime}
+
+
+def destination_fingerprint(db: Path, logs: tuple[str, ...] = ("-wal",)) -> Fingerprint:
+    """(size, mtime_ns, sha256) of the database and its log (SQLite's ``-wal``; DuckDB's is ``.wal``);
+    ``None`` for a file that is absent."""
     out: Fingerprint = {}
-    for path in (db, Path(f"{db}-wal")):
+    for path in (db, *(Path(f"{db}{suffix}") for suffix in logs)):
         if not path.exists():
             out[path.name] = None
             continue

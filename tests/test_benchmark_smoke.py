@@ -1,11 +1,14 @@
 """The benchmark at 10k rows, for correctness only (never timing): the engine's counts against the
 generator's truth, an unchanged rerun that leaves the destination file untouched, and the engine's
-table equal to the hand-written floor's after the day-2 file."""
+table equal to the hand-written floor's after the day-2 file; the sqlite3-shell floor the same way
+(skipped without the ``sqlite3`` program); a child's peak RSS its own; the report's peer lines.
+Nothing here needs dlt or the network: the dlt peer runs only in ``python -m benchmarks.run``."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -17,12 +20,13 @@ from engine.api import apply
 
 if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
-from benchmarks import floor  # noqa: E402
-from benchmarks.generate import Dataset, generate  # noqa: E402
+from benchmarks import floor, report, run, shell_floor  # noqa: E402
+from benchmarks.generate import Dataset, generate, generate_apart, load  # noqa: E402
 from benchmarks.measure import (  # noqa: E402
     Endpoint,
     copy_database,
     destination_fingerprint,
+    spawn,
     table_diff,
     tables_equal,
 )
@@ -136,3 +140,86 @@ def test_loopback_endpoint_keeps_the_connection_alive() -> None:
     assert stats["accepted"] == 3 and stats["rejected"] == 1 and stats["distinct_ids"] == 3
     assert stats["connections"] == 2  # the one kept-alive connection, and the one /stats opened
     assert endpoint.process.returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="no sqlite3 program (Debian package sqlite3)")
+def test_sqlite3_shell_floor_matches_the_floor(dataset: Dataset, tmp_path: Path) -> None:
+    assert shell_floor.status()["status"] == "ok"
+    db = tmp_path / "shell.db"
+    t1 = shell_floor.run(dataset.day1, db)
+    assert t1["status"] == "ok", t1
+    assert t1["counts"] == {"read": ROWS, "creates": ROWS, "updates": 0, "deletes": 0, "unchanged": 0, "errors": 0}
+    assert t1["seconds"] > 0 and t1["vm_hwm_kb"]
+
+    before = destination_fingerprint(db)
+    t2 = shell_floor.run(dataset.day1, db)
+    assert t2["counts"] == {"read": ROWS, "creates": 0, "updates": 0, "deletes": 0, "unchanged": ROWS, "errors": 0}
+    assert destination_fingerprint(db) == before, "an unchanged rerun must not touch the destination"
+
+    copy_database(db, tmp_path / "before_t3.db")
+    t3 = shell_floor.run(dataset.day2, db)
+    assert (t3["counts"]["creates"], t3["counts"]["updates"], t3["counts"]["deletes"]) == (
+        len(dataset.added), len(dataset.changed), len(dataset.removed))
+    diff = table_diff(tmp_path / "before_t3.db", db)
+    assert diff == {"changed": set(dataset.changed), "added": set(dataset.added), "removed": set(dataset.removed)}
+
+    f_db, f_state = tmp_path / "floor.db", tmp_path / "floor.state.db"
+    floor.run(dataset.day1, f_db, f_state)
+    floor.run(dataset.day2, f_db, f_state)
+    assert tables_equal(db, f_db)
+    journal = sqlite3.connect(db)
+    assert journal.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    journal.close()
+
+
+def test_a_missing_sqlite3_program_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shell_floor, "binary", lambda: None)
+    peers = run.find_peers(["shell"])
+    assert peers["shell"]["status"] == "unavailable" and "sqlite3" in peers["shell"]["reason"]
+    assert peers["dlt"]["status"] == "skipped"  # not asked for: no virtual environment, no network
+    lines = report.peer_lines(peers)
+    assert any(line.startswith("- sqlite3 shell: not measured: no sqlite3") for line in lines)
+
+
+def test_a_child_reports_its_own_peak_rss_not_its_parents(tmp_path: Path) -> None:
+    ballast = bytearray(160 * 1024 * 1024)
+    for at in range(0, len(ballast), 4096):  # touched, so it is resident in this process
+        ballast[at] = 1
+    code = "import json; from benchmarks.job import vm_hwm_kb; print(json.dumps({'hwm': vm_hwm_kb()}))"
+    done = spawn([sys.executable, "-c", code], cwd=REPO)
+    assert done["returncode"] == 0, done["stderr"]
+    hwm = json.loads(done["stdout"])["hwm"]
+    assert hwm is not None and hwm < 100 * 1024, f"the child's own peak ({hwm} kB) counted the parent's memory"
+    assert done["whole_seconds"] > 0 and done["cpu_seconds"] >= 0
+    del ballast
+
+
+def test_generation_runs_in_its_own_process(tmp_path: Path) -> None:
+    assert load(1000, tmp_path) is None
+    data = generate_apart(1000, tmp_path)
+    assert (len(data.changed), len(data.added), len(data.removed)) == (10, 1, 1)
+    assert load(1000, tmp_path) == data
+    assert generate(1000, tmp_path) == data
+
+
+def test_report_shows_both_times_every_peer_and_the_targets() -> None:
+    def cell(seconds: float, whole: float) -> dict[str, object]:
+        return {"seconds": seconds, "whole_seconds": whole, "per_second": 1000 / seconds, "maxrss_mb": 50.0,
+                "dest_changed": False, "dest_bytes": 0, "all_seconds": [seconds], "path": "row"}
+
+    rows = []
+    for task in ("T1", "T2", "T3"):
+        row: dict[str, object] = {"rows": 1000, "task": task, "engine": cell(2.0, 3.0), "floor": cell(1.0, 1.5),
+                                  "shell": cell(0.5, 0.5), "ratio": 2.0}
+        row["ratios"] = {"floor": {"in_process": 2.0, "whole": 2.0}, "shell": {"in_process": 4.0, "whole": 6.0}}
+        rows.append(row)
+    peers = {"shell": {"status": "ok", "binary": "/usr/bin/sqlite3", "version": "3.40.1"},
+             "dlt": {"status": "unavailable", "reason": "pip install failed (exit 1): no network"}}
+    text = report.render(rows, None, {"nproc": "2", "cpu": "x", "memory": "1 GiB", "os": "Linux", "python": "3",
+                                      "sqlite": "3", "commit": "abc"}, "python -m benchmarks.run", [], peers)
+    assert "| 1,000 | T1 | 2.000 / 3.000 | 1.000 / 1.500 | 0.500 / 0.500 | not measured | 2.00x / 2.00x | " \
+           "4.00x / 6.00x | not measured |" in text
+    assert "- dlt Arrow: not measured: pip install failed (exit 1): no network" in text
+    assert "- T2 at 1,000 rows: engine/floor 2.00x in the process (2.00x whole process) (target <= 0.8x, row path): " \
+           "NOT met" in text
+    assert "not measured: the engine has no Arrow path yet" in text

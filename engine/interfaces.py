@@ -199,6 +199,23 @@ class ReadableDestination(Protocol[OptionsT_contra]):
     def rows(self, options: OptionsT_contra, offset: int, limit: int) -> list[dict[str, Any]]: ...
 
 
+RowBlock = tuple[list[str], Iterator["list[str] | RecordError"]]
+"""One file's rows as :class:`ReadsRows` hands them out: its header and its rows (lists of text, or the
+errors of unreadable rows), each row as wide as the header."""
+
+
+@runtime_checkable
+class ReadsRows(Protocol):
+    """A source stream that can hand out rows as lists of text under a header (an optional capability).
+
+    A sync whose mapping is pure reads such a source through ``read_rows`` instead of ``read``: an
+    unchanged row is recognised from the list itself, and only the rows to map become dicts
+    (``dict(zip(header, row))``, exactly what ``read`` would have given).
+    """
+
+    def read_rows(self, cursor: str | None) -> Iterator[RowBlock]: ...
+
+
 @runtime_checkable
 class WholeRead(Protocol):
     """A source stream that says whether its read delivered the source's entire set (an optional capability).

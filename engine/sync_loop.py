@@ -42,6 +42,8 @@ from engine.interfaces import (
     DestinationStream,
     Outcome,
     PushEvent,
+    ReadsRows,
+    RowBlock,
     RunInfo,
     SourceStream,
     StreamingDestinationStream,
@@ -85,6 +87,12 @@ def record_hash(values: Mapping[str, Any]) -> bytes:
                                                   digest_size=16).digest()
     text = repr(tuple(values.values())).encode("utf-8", "surrogatepass")
     return hashlib.blake2b(text, digest_size=16, person=key).digest()
+
+
+def _record(entry: tuple[bytes, Any, list[str] | None]) -> dict[str, Any]:
+    """A sifted record as the mapping takes it: the record itself, or its row zipped with its header."""
+    header = entry[2]
+    return entry[1] if header is None else dict(zip(header, entry[1], strict=False))
 
 
 def _jsonable(value: Any) -> Any:
@@ -162,11 +170,15 @@ class SyncLoop:
         size = self.size
         progress = self.options.progress
         read = 0
-        records = source.read(cursor)
+        records: Iterator[dict[str, Any] | RecordError]
         if isinstance(mapping, GroupedMapping):
-            records = mapping.group(records)  # adjacent rows of one group become one record
+            records = mapping.group(source.read(cursor))  # adjacent rows of one group become one record
+        elif skip is not None and isinstance(source, ReadsRows):
+            records = self.sift(None, skip, source.read_rows(cursor))
         elif skip is not None:
-            records = self.sift(records, skip)
+            records = self.sift(source.read(cursor), skip)
+        else:
+            records = source.read(cursor)
         raw_of = self.state.raw_of
         for record in records:
             read += 1
@@ -228,61 +240,102 @@ class SyncLoop:
             raise Stopped(f"stopped after {read} records, every batch sent so far committed; the next run "
                           "goes on from there")
 
-    def sift(self, records: Iterator[dict[str, Any] | RecordError], skip: RawSkip
-             ) -> Iterator[dict[str, Any] | RecordError]:
+    def sift(self, records: Iterator[dict[str, Any] | RecordError] | None, skip: RawSkip,
+             blocks: Iterator[RowBlock] | None = None) -> Iterator[dict[str, Any] | RecordError]:
         """The records to map: those whose raw hash differs from the one stored with their key's last delivery.
 
-        Records are hashed and looked up a batch at a time; the unchanged ones are counted (and marked
-        seen, for delete inference) and go no further. A key already waiting in the batch being mapped
-        is mapped again, so the last record of a key always wins, as without sifting.
+        Records (or, from a :class:`~engine.interfaces.ReadsRows` source, ``blocks`` of rows as lists)
+        are hashed and looked up a batch at a time; the unchanged ones are counted (marked seen, for
+        delete inference, and acknowledged to a source that asks) and go no further. A key already
+        waiting in the batch being mapped is mapped again, so the last record of a key always wins,
+        as without sifting. Only the rows to map become dicts.
         """
         state = self.state
         raw_of = state.raw_of
         counts = self.counts
-        raw_hash = skip.hasher()
+        report = self.report
         column = skip.column
         size = self.size
-        buffer: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        # key -> (raw hash, the record, or the row and its header)
+        buffer: dict[str, tuple[bytes, Any, list[str] | None]] = {}
         progress = self.options.progress
         everything = self.options.full_refresh
+        acknowledging = self.source if isinstance(self.source, Acknowledging) and not self.dry else None
+        total = 0
 
         def drain() -> Iterator[dict[str, Any]]:
-            consumed = len(buffer)
             # A full refresh maps and sends everything, and keeps the raw hashes for the next run.
             changed = set(buffer) if everything else set(
                 state.raw_changed([(key, entry[0]) for key, entry in buffer.items()]))
             waiting = self.batch
             if waiting:
                 changed.update(key for key in buffer if key in waiting)
-            counts["unchanged"] += len(buffer) - len(changed)
-            self.report.unmapped += len(buffer) - len(changed)
-            self.sifted += consumed - len(changed)
+            unchanged = len(buffer) - len(changed)
+            counts["unchanged"] += unchanged
+            report.unmapped += unchanged
+            self.sifted += unchanged
+            if acknowledging is not None and unchanged:
+                acknowledging.acknowledge([_record(entry) for key, entry in buffer.items() if key not in changed])
             if changed:
-                for key, (raw, record) in buffer.items():
+                for key, entry in buffer.items():
                     if key in changed:
-                        raw_of[key] = raw
-                        yield record
+                        raw_of[key] = entry[0]
+                        yield _record(entry)
             buffer.clear()
 
-        total = 0
-        for record in records:
-            total += 1
-            if record.__class__ is dict:
-                key = record.get(column)
-                if key.__class__ is str and key:
-                    if key in buffer:
-                        self.sifted += 1  # a later row of the same key replaces it (read, never mapped)
-                    buffer[key] = (raw_hash(record), record)
-                    if len(buffer) >= size:
-                        yield from drain()
-                        if progress:
-                            progress(self.sync.name, total)
-                        self.check_stop(total)
-                    continue
-            # Anything else (an unreadable row, a source's delete, a record without a usable key) is mapped
-            # in its place, after the records read before it.
+        def full() -> Iterator[dict[str, Any]]:
             yield from drain()
-            yield record
+            if progress:
+                progress(self.sync.name, total)
+            self.check_stop(total)
+
+        if blocks is not None:
+            for header, rows in blocks:
+                if column not in header:
+                    for row in rows:  # no key column: every row is mapped (and fails there, located)
+                        total += 1
+                        yield from drain()
+                        if isinstance(row, RecordError):
+                            yield row
+                        else:
+                            yield dict(zip(header, row, strict=False))
+                    continue
+                at = header.index(column)
+                row_hash = skip.row_hasher(header)
+                for row in rows:
+                    total += 1
+                    if row.__class__ is list:
+                        key = row[at]
+                        if key:
+                            if key in buffer:
+                                self.sifted += 1  # a later row of the same key replaces it (read, never mapped)
+                            buffer[key] = (row_hash(row), row, header)
+                            if len(buffer) >= size:
+                                yield from full()
+                            continue
+                        yield from drain()
+                        yield dict(zip(header, row, strict=False))
+                        continue
+                    yield from drain()  # an unreadable row, in its place
+                    yield row  # type: ignore[misc]
+        else:
+            assert records is not None
+            raw_hash = skip.hasher()
+            for record in records:
+                total += 1
+                if record.__class__ is dict:
+                    value = record.get(column)
+                    if value.__class__ is str and value:
+                        if value in buffer:
+                            self.sifted += 1
+                        buffer[value] = (raw_hash(record), record, None)
+                        if len(buffer) >= size:
+                            yield from full()
+                        continue
+                # Anything else (an unreadable row, a source's delete, a record without a usable key) is mapped
+                # in its place, after the records read before it.
+                yield from drain()
+                yield record
         yield from drain()
 
     def key_values(self, values: dict[str, Any]) -> dict[str, Any]:

@@ -242,3 +242,23 @@ def test_bare_fields() -> None:
     assert bare_field("L-{{ record.id }}") is None
     assert bare_field(5) is None
 
+
+
+@pytest.mark.timeout(120)
+def test_rows_read_as_lists_keep_their_errors_in_place_and_decoding_errors_named(tmp_path: Path) -> None:
+    data = make_rows(8)
+    write_rows(tmp_path / "in.csv", data)
+    path = pipeline(tmp_path)
+    run(path)
+    text = (tmp_path / "in.csv").read_text(encoding="utf-8").splitlines()
+    text.insert(4, "a,row,far,too,wide,for,the,header")
+    text.append("K100,x,abc,")  # cents of 'abc' fails, located
+    (tmp_path / "in.csv").write_text("\n".join(text) + "\n", encoding="utf-8")
+    report = run(path)
+    assert (report["errors"], report["unmapped"], report["deletes"]) == (2, 8, 0)
+    letters = {letter["key"]: letter for letter in dead_letters_json(path, ENV)}
+    assert "cents" in str(letters["K100"]), letters
+    assert any("8 fields where the header has 4" in str(letter) for letter in letters.values())
+    (tmp_path / "in.csv").write_bytes("id,name,amount,note\nK001,\xe9t\xe9,1,x\n".encode("latin-1"))
+    result, _ = apply_json(path, env=ENV)
+    assert result.code == 3 and "in.csv: not utf-8-sig text" in result.text, result.text

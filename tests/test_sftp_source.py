@@ -140,6 +140,23 @@ def test_processed_files_move_to_the_archive(morning: Path, server: SftpServer) 
     assert again.code == 0 and report["syncs"]["quotes"]["read"] == 0
 
 
+def test_a_file_sent_again_is_archived_when_its_unchanged_rows_were_not_mapped(morning: Path,
+                                                                              server: SftpServer) -> None:
+    remote = archive_quotes(morning, server)
+    sent = (remote / "quotes.csv").read_bytes()
+    result, _ = apply(morning, server, "--sync", "quotes")
+    assert result.code == 0, result.text
+    # The same export again with one more quote: the three known rows are recognised by their raw hash
+    # (not mapped), and still count as delivered, so the file moves to the archive.
+    (remote / "done" / "quotes.csv").unlink()
+    (remote / "quotes.csv").write_bytes(sent + b'000099,0000001,Trenton NJ,99.00,Open,3/19/2015 4:42:50 PM\r\n')
+    again, report = apply(morning, server, "--sync", "quotes")
+    assert again.code == 0, again.text
+    quotes = report["syncs"]["quotes"]
+    assert (quotes["creates"], quotes["unchanged"], quotes["unmapped"]) == (1, 3, 3)
+    assert not (remote / "quotes.csv").exists() and (remote / "done" / "quotes.csv").exists()
+
+
 def test_a_file_with_an_undelivered_record_is_not_archived(morning: Path, server: SftpServer) -> None:
     remote = archive_quotes(morning, server)
     with (remote / "quotes.csv").open("ab") as handle:

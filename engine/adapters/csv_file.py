@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.adapters.local_files import LocalFilesSource, LocalFilesStream
 from engine.errors import RecordError, RunFailed
+from engine.interfaces import RowBlock
 from engine.registry import REGISTRY
 from engine.typed_config import option
 
@@ -40,24 +41,38 @@ class CsvOptions:
 
 def read_csv(lines: Iterator[str], config: CsvConfig, name: str) -> Iterator[dict[str, Any] | RecordError]:
     """Rows of CSV text as dicts keyed by the header (shared by every adapter that reads CSV)."""
+    block = csv_rows(lines, config, name)
+    if block is None:
+        return
+    header, rows = block
+    for row in rows:
+        # A row is a list as wide as the header (checked by csv_rows), or the error of an unreadable one.
+        yield dict(zip(header, row, strict=False)) if row.__class__ is list else row  # type: ignore[misc]
+
+
+def csv_rows(lines: Iterator[str], config: CsvConfig, name: str) -> RowBlock | None:
+    """The header of CSV text and its rows as lists (``None`` for an empty text)."""
     reader = csv.reader(lines, delimiter=config.delimiter, quotechar=config.quotechar, strict=True)
     try:
         header = list(config.header) if config.header else next(reader)
     except StopIteration:
-        return
+        return None
     except csv.Error as exc:
         raise RunFailed(f"{name}: unreadable CSV header: {exc}") from exc
     header = [h.strip() for h in header]
     repeated = sorted({h for h in header if header.count(h) > 1})
     if repeated:
         raise RunFailed(f"{name}: the header names {', '.join(repr(h) for h in repeated)} more than once")
-    width = len(header)
+    return header, _rows(reader, len(header), name)
+
+
+def _rows(reader: Any, width: int, name: str) -> Iterator[list[str] | RecordError]:
     while True:
         try:
             # A plain loop is the fast path; after an unreadable row the reader goes on from the next one.
             for row in reader:
                 if len(row) == width:
-                    yield dict(zip(header, row, strict=False))  # the width was just checked
+                    yield row
                 elif row and (len(row) > 1 or row[0]):
                     yield RecordError(f"{name} line {reader.line_num}: {len(row)} fields where the header has "
                                       f"{width}", raw=row)
@@ -77,8 +92,30 @@ class CsvStream(LocalFilesStream):
             with path.open("r", encoding=self.config.encoding, newline="") as handle:
                 yield from read_csv(handle, self.config, path.name)
         except UnicodeDecodeError as exc:
-            raise RunFailed(f"{path.name}: not {self.config.encoding} text ({exc.reason} at byte "
-                            f"{exc.start}); set encoding") from exc
+            raise self.undecodable(path, exc) from exc
+
+    def read_rows(self, cursor: str | None) -> Iterator[RowBlock]:
+        """Each file's header and rows as lists (the :class:`~engine.interfaces.ReadsRows` capability)."""
+        for path in self.files:
+            try:
+                with path.open("r", encoding=self.config.encoding, newline="") as handle:
+                    block = csv_rows(handle, self.config, path.name)
+                    if block is not None:
+                        yield block[0], self.decoded(path, block[1])
+            except UnicodeDecodeError as exc:
+                raise self.undecodable(path, exc) from exc
+
+    def decoded(self, path: Path, rows: Iterator[list[str] | RecordError]) -> Iterator[list[str] | RecordError]:
+        """The rows, with a decoding error named as :meth:`read_file` names it."""
+        try:
+            yield from rows
+        except UnicodeDecodeError as exc:
+            raise self.undecodable(path, exc) from exc
+
+    def undecodable(self, path: Path, exc: UnicodeDecodeError) -> RunFailed:
+        """A file that is not in the configured encoding."""
+        return RunFailed(f"{path.name}: not {self.config.encoding} text ({exc.reason} at byte {exc.start}); "
+                         "set encoding")
 
 
 @REGISTRY.source("csv", config=CsvConfig, options=CsvOptions)

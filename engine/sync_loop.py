@@ -111,9 +111,6 @@ class DeadLetterSource:
         """The stored source records."""
         return iter(self.records)
 
-    def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Nothing to tell anyone."""
-
     def finish(self) -> str | None:
         """No cursor."""
         return None

@@ -44,6 +44,8 @@ from engine.interfaces import (
     Outcome,
     PushEvent,
     PushSource,
+    ReadsRows,
+    RowBlock,
     RunInfo,
     Source,
     SourceStream,
@@ -233,13 +235,27 @@ class SourceCheck:
     warnings: list[str] = field(default_factory=list)
 
 
+def _zipped(blocks: Iterator[RowBlock]) -> Iterator[dict[str, Any] | RecordError]:
+    """The records of a :class:`~engine.interfaces.ReadsRows` read, as the engine makes them."""
+    for header, rows in blocks:
+        for row in rows:
+            if isinstance(row, RecordError):
+                yield row
+            elif len(row) != len(header):
+                raise AssertionError(f"read_rows() gave a row of {len(row)} values under a header of {len(header)}")
+            else:
+                yield dict(zip(header, row, strict=True))
+
+
 def _read(source: Source[Any], options: object, base_dir: Path, run: int, cursor: str | None,
           key_fields: tuple[str, ...], where: str) -> SourceCheck:
     """One sync's read as the engine does it: open, read, acknowledge what was delivered, finish."""
     result = SourceCheck()
     stream: SourceStream = source.open_stream(options, stream_context(base_dir, run=run, key_fields=key_fields,
                                                                       warnings=result.warnings))
-    rows = stream.read(cursor)
+    # The second read of a ReadsRows stream goes through read_rows: its rows, zipped with their headers,
+    # must be the records read() gives.
+    rows = _zipped(stream.read_rows(cursor)) if run == 2 and isinstance(stream, ReadsRows) else stream.read(cursor)
     if not isinstance(rows, Iterator):
         raise AssertionError(f"{where}: read() returned a {type(rows).__name__}; return an iterator (a generator) "
                              "so records stream")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,9 +42,6 @@ class LocalFilesStream:
     def read_file(self, path: Path) -> Iterator[dict[str, Any] | RecordError]:
         """The records of one file."""
         raise NotImplementedError
-
-    def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Local files need no acknowledgement."""
 
     def finish(self) -> str | None:
         """No cursor."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -119,9 +119,6 @@ class SqliteSourceStream:
             if position >= 0 and row[position] is not None:
                 self.high = row[position]
             yield dict(zip(names, row, strict=True))
-
-    def acknowledge(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Nothing to acknowledge."""
 
     def finish(self) -> str | None:
         """The highest cursor value read, as JSON text."""

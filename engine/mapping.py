@@ -353,6 +353,7 @@ class CompiledMapping(CompiledTemplates):
         super().__init__(env, fields, context=context, key_fields=key_fields, key_template=key_template,
                          filter_template=filter_template)
         self.output_names = tuple(dict.fromkeys(str(f.path[0]) for f in fields))
+        self._single_key = key_fields[0] if len(key_fields) == 1 else None
 
     def map(self, record: dict[str, Any]) -> MappedRecord | None:
         """The mapped record, or ``None`` when ``filter:`` drops it; raises :class:`RecordError`."""
@@ -368,6 +369,12 @@ class CompiledMapping(CompiledTemplates):
         if result is None:
             return None
         values: dict[str, Any] = result[0]  # type: ignore[index]
+        single = self._single_key
+        if single is not None:
+            # The common case, inlined: one key field holding non-empty text is the key itself.
+            key = values.get(single)
+            if key.__class__ is str and key:
+                return MappedRecord(key, values)
         return MappedRecord(record_key(values, self.key_fields, result[1], self._key_at), values)  # type: ignore[index]
 
 

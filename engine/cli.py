@@ -218,8 +218,11 @@ def _summary(report: RunReport, as_json: bool) -> None:
     out.print(table)
     for name, sync in report.syncs.items():
         c = sync.counts
+        unmapped = f"; {sync.unmapped:,} unchanged without mapping (raw record unchanged)" if sync.unmapped else ""
         out.print(f"{name}: {c['creates']} creates, {c['updates']} updates, {c['deletes']} deletes, "
-                  f"{c['errors']} errors", markup=False)
+                  f"{c['errors']} errors{unmapped}", markup=False)
+        if report.dry_run and sync.raw_skip:
+            out.print(f"{name}: note: every record is mapped, changed or not: {sync.raw_skip}", markup=False)
         if sync.message:
             out.print(f"{name}: {sync.status}: {sync.message}", markup=False)
         for line in sync.warnings:

@@ -262,3 +262,17 @@ def test_rows_read_as_lists_keep_their_errors_in_place_and_decoding_errors_named
     (tmp_path / "in.csv").write_bytes("id,name,amount,note\nK001,\xe9t\xe9,1,x\n".encode("latin-1"))
     result, _ = apply_json(path, env=ENV)
     assert result.code == 3 and "in.csv: not utf-8-sig text" in result.text, result.text
+
+
+@pytest.mark.timeout(120)
+def test_the_summary_says_how_many_were_not_mapped_and_plan_says_why_all_are(tmp_path: Path) -> None:
+    write_rows(tmp_path / "in.csv", make_rows(7))
+    path = pipeline(tmp_path)
+    assert syncengine("apply", path, env=ENV).code == 0
+    again = syncengine("apply", path, env=ENV)
+    assert "loads: 0 creates, 0 updates, 0 deletes, 0 errors; 7 unchanged without mapping" in again.out, again.text
+    impure = pipeline(tmp_path, FIELDS + '        run_id: "{{ run.id }}"\n')
+    planned = syncengine("plan", impure, env=ENV)
+    assert planned.code == 0, planned.text
+    assert "loads: note: every record is mapped, changed or not: the mapping is not pure" in planned.out
+    assert "run.*" in planned.out

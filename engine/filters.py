@@ -16,7 +16,7 @@ import textwrap
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, getcontext
 from functools import update_wrapper
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -152,9 +152,25 @@ def to_decimal(value: Any, places: int | None = None) -> Decimal | None:
         raise FilterError(f"'{value}' is not a decimal number") from exc
     if not number.is_finite():
         raise FilterError(f"'{value}' is not a finite number")
+    if number.adjusted() >= MAX_INT_DIGITS:
+        # '1e1000000' is short text for a million digits: refused before anything computes them.
+        raise FilterError(f"'{_short(value)}' has more than {MAX_INT_DIGITS:,} digits before the decimal point")
     if places is not None:
-        number = number.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+        try:
+            number = number.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+        except InvalidOperation:
+            raise FilterError(f"'{_short(value)}' has too many digits to keep {places} decimal places "
+                              f"(at most {getcontext().prec} digits in all)") from None
     return number
+
+
+MAX_INT_DIGITS = 4300
+"""Digits before the decimal point a number may have (Python's own limit for turning text into an int)."""
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def money(value: Any, places: int = 2) -> Decimal | None:

@@ -25,9 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import nodes
-from jinja2.filters import FILTERS as JINJA_FILTERS
-from jinja2.tests import TESTS as JINJA_TESTS
+from jinja2 import Environment, nodes
 
 from engine import __version__
 from engine.filters import BOUNDED, FILTERS
@@ -37,7 +35,10 @@ IMPURE_FILTERS = frozenset({"random"})
 """Filters whose result is not a function of their input."""
 PURE_GLOBALS = frozenset({"range", "dict", "namespace", "cycler", "joiner"})
 """Global functions whose result depends only on their arguments (``secret_file`` reads a file: impure)."""
-_KNOWN_FILTERS = frozenset(JINJA_FILTERS) | frozenset(FILTERS) | frozenset(BOUNDED)
+_JINJA = Environment()
+JINJA_TESTS = frozenset(_JINJA.tests)
+_KNOWN_FILTERS = frozenset(_JINJA.filters) | frozenset(FILTERS) | frozenset(BOUNDED)
+del _JINJA
 
 
 @dataclass(frozen=True)

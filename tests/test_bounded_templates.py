@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from conftest import Result, rows, syncengine, write_syncs
 
+from engine.errors import RecordError
 from engine.interfaces import RunInfo
 from engine.limits import MAX_RECORD, MAX_VALUE
 from engine.mapping import CompiledMapping, FieldTemplate
@@ -146,3 +147,26 @@ def test_the_fast_path_and_jinja_agree_on_output_sizes(size: int) -> None:
         # Counted: what templates made (upper, lower, ~); the copies of record.x are not.
         made = [len(record["x"]), len(record["y"]), len(record["y"])]
         assert isinstance(slow, Exception) == (max(made) > MAX_VALUE or sum(made) > MAX_RECORD), record
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(("template", "value", "expected"), [
+    ("{{ record.v | int }}", "1e1000000", "more than 4,300 digits before the decimal point"),
+    ("{{ record.v | cents }}", "1e100000", "more than 4,300 digits before the decimal point"),
+    ("{{ record.v | decimal }}", "9e999999999", "more than 4,300 digits before the decimal point"),
+    ("{{ record.v | money }}", "1" * 40, "too many digits to keep 2 decimal places"),
+])
+def test_short_text_for_a_huge_number_is_a_located_error_not_a_hang(template: str, value: str,
+                                                                       expected: str) -> None:
+    """'1e1000000' is nine characters for a million digits: refused at once, on both paths, as a field error."""
+    env = make_environment(Path.cwd())
+    mapping = CompiledMapping(env, [FieldTemplate(("id",), "{{ record.id }}", "m.yml:1:1", True),
+                                    FieldTemplate(("n",), template, "m.yml:2:4", True)],
+                              key_fields=("id",), key_template=None, filter_template=None, context={})
+    assert mapping._fast is not None
+    for path in (mapping.map, mapping._render):  # the engine's way (generated code first), and Jinja's alone
+        started = time.monotonic()
+        with pytest.raises(RecordError) as caught:
+            path({"id": "1", "v": value})
+        assert time.monotonic() - started < 2
+        assert expected in caught.value.message and caught.value.location == "m.yml:2:4", caught.value

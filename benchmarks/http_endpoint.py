@@ -1,18 +1,23 @@
 """A loopback JSON endpoint for the per-record HTTP benchmark, run in its own process.
 
     python -m benchmarks.http_endpoint            # prints "PORT <n>", serves until stdin closes
+    python -m benchmarks.http_endpoint --delay 0.02   # each POST waits 20 ms before its answer
 
 A threaded HTTP/1.1 server on 127.0.0.1, port 0, with keep-alive: ``POST`` a JSON object and it
 answers ``201`` with a small JSON body; ``GET /stats`` returns how many records it accepted and
-rejected. It lives in its own process so its CPU time and memory are not the engine's.
+rejected. It lives in its own process so its CPU time and memory are not the engine's. ``--delay``
+stands for a remote endpoint's latency: every POST is answered that many seconds late (a thread
+per connection, so connections wait side by side, as they would for a distant server).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import socketserver
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -87,6 +92,8 @@ class Handler(socketserver.StreamRequestHandler):
                 answer, close = response(411, {"error": "Content-Length required"}, close=True), True
             else:
                 answer = self.accept(body)
+                if self.server.delay:
+                    time.sleep(self.server.delay)
             self.wfile.write(answer)
             if close:
                 return
@@ -116,14 +123,18 @@ class EndpointServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.stats = Stats()
+        self.delay = delay
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Serve until standard input closes (the parent's way of saying stop)."""
-    server = EndpointServer()
+    parser = argparse.ArgumentParser(description="A loopback JSON endpoint for the HTTP benchmarks.")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each POST waits before its answer")
+    args = parser.parse_args(argv)
+    server = EndpointServer(args.delay)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     sys.stdout.write(f"PORT {server.server_address[1]}\n")

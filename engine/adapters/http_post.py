@@ -8,11 +8,14 @@ as a JSON object; an update goes the same way unless ``update_method`` is set (t
 returned at the create (a JSON answer's ``id``) or else the record key. A 404 or 410 answer to a
 delete counts as done: the record is not there.
 
-Requests run on a bounded thread pool (``concurrency``) over one keep-alive connection pool, and
-each outcome is reported as it completes (:meth:`HttpPostStream.write_each`), so the engine records
-it at once: a crash resends at most the ``concurrency`` records whose outcome was not recorded yet.
+Up to ``concurrency`` requests are in flight at once, each on a keep-alive connection of its own:
+lean HTTP/1.1 connections driven by the stream's own thread with a selector
+(:class:`~engine.adapters.http_client.ConnectionSet`), or, when a proxy is configured, a urllib3
+pool used by ``concurrency`` threads. Each outcome is reported as it completes
+(:meth:`HttpPostStream.write_each`), so the engine records it at once: a crash resends at most the
+``concurrency`` records whose outcome was not recorded yet.
 A retryable answer (see :mod:`engine.adapters.http_client`) puts its record back on a schedule
-while the threads send other records. A rejected record (a 4xx other than 401/407/408/429, or
+while other records are sent. A rejected record (a 4xx other than 401/407/408/429, or
 retries exhausted) is a failed outcome, so it is dead-lettered and the run goes on. Delivery is
 at least once; ``idempotency_header`` sends a key per change that stays the same when the same
 change is sent again, for endpoints that deduplicate.
@@ -24,26 +27,32 @@ import hashlib
 import heapq
 import json
 import math
+import ssl
 import threading
 import time as clock
-from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from queue import Empty, SimpleQueue
+from typing import Any, ClassVar, Literal, TypeAlias
 from urllib.parse import quote, urlencode
 
+from engine import __version__
 from engine.adapters.http_client import (
     Aborted,
     Attempted,
+    ConnectionSet,
     HttpConnectionConfig,
     Retry,
     Sender,
     basic_auth_header,
     body_text,
+    encode_head,
     json_id,
     make_pool,
+    proxied,
+    tls_context,
 )
 from engine.errors import ConfigError
 from engine.interfaces import CREATE, DELETE, UPDATE, Change, Outcome, StreamContext
@@ -127,6 +136,117 @@ class _KeyFailed(Exception):
 
 _PENDING = Outcome(False, error="no outcome")  # stands for an outcome not reported yet
 
+Result: TypeAlias = "tuple[int, int, Outcome | Retry | BaseException]"
+"""``(index, attempt, result)`` of one request a stream sent: an outcome, a retry, or what stops the stream."""
+
+
+class Direct:
+    """A stream's requests over the destination's :class:`ConnectionSet`, sent and read by the stream's thread."""
+
+    def __init__(self, stream: HttpPostStream, connections: ConnectionSet) -> None:
+        self.stream = stream
+        self.connections = connections
+        self.sender = stream.owner.sender
+        self.ready: list[Result] = []
+
+    def stop(self) -> None:
+        """Nothing is queued: every request was sent when it was started."""
+
+    def send(self, change: Change, index: int, attempt: int) -> None:
+        """Start one request (a change whose request cannot be made has its outcome at once)."""
+        stream = self.stream
+        try:
+            method, url, body, key = stream.request(change)
+        except _KeyFailed as exc:
+            self.ready.append((index, attempt, Outcome(False, error=str(exc))))
+            return
+        head = stream.head if body is not None else stream.bare_head
+        if key is not None:
+            head += stream.key_line + key.encode("ascii") + b"\r\n"
+        self.connections.start((change, index, attempt, url), method, url, head, body)
+
+    def collect(self, timeout: float | None) -> list[Result]:
+        """The requests that completed within ``timeout`` (``None``: wait for one)."""
+        if self.ready:
+            results, self.ready = self.ready, []
+            timeout = 0.0
+        else:
+            results = []
+        conclude, outcome = self.sender.conclude, self.stream.outcome
+        for (change, index, attempt, url), answer in self.connections.poll(timeout):
+            try:
+                judged = conclude(answer, url, attempt)
+                result: Outcome | Retry | BaseException = (judged if isinstance(judged, Retry)
+                                                           else outcome(change, judged))
+            except Exception as exc:  # noqa: BLE001 - raised by the stream, after the good outcomes
+                result = exc
+            results.append((index, attempt, result))
+        if timeout is None and not results:
+            raise AssertionError("no request was in flight")
+        return results
+
+
+class Threaded:
+    """A stream's requests through the urllib3 pool (a proxy carries them), on the destination's threads."""
+
+    def __init__(self, stream: HttpPostStream, workers: Workers) -> None:
+        self.stream = stream
+        self.jobs = workers.jobs
+        self.abort = threading.Event()
+        self.done: SimpleQueue[Result] = SimpleQueue()
+
+    def stop(self) -> None:
+        """Requests queued and not sent yet give up."""
+        self.abort.set()
+
+    def send(self, change: Change, index: int, attempt: int) -> None:
+        """Queue one request for the threads (one queued after a failure gives up before it is sent)."""
+        self.jobs.put((self.stream, change, index, attempt, self.abort, self.done))
+
+    def collect(self, timeout: float | None) -> list[Result]:
+        """The requests that completed within ``timeout`` (``None``: wait for one)."""
+        try:
+            results = [self.done.get(timeout=timeout)]
+        except Empty:
+            return []
+        while True:
+            try:
+                results.append(self.done.get_nowait())
+            except Empty:
+                return results
+
+
+Job: TypeAlias = "tuple[HttpPostStream, Change, int, int, threading.Event, SimpleQueue[Result]]"
+"""One request for a thread: ``(stream, change, index, attempt, abort, done)``."""
+
+
+class Workers:
+    """``size`` threads sending through the urllib3 pool (used only when a proxy carries the requests)."""
+
+    def __init__(self, size: int) -> None:
+        self.jobs: SimpleQueue[Job | None] = SimpleQueue()
+        self.threads = [threading.Thread(target=self.serve, name=f"http-post_{i}", daemon=True) for i in range(size)]
+        for thread in self.threads:
+            thread.start()
+
+    def serve(self) -> None:
+        """One thread: take a job, send it, put its result."""
+        jobs = self.jobs
+        while (job := jobs.get()) is not None:
+            stream, change, index, attempt, abort, done = job
+            try:
+                result: Outcome | Retry | BaseException = stream.attempt(change, attempt, abort)
+            except BaseException as exc:  # noqa: BLE001 - handed to the stream, which raises it
+                result = exc
+            done.put((index, attempt, result))
+
+    def close(self) -> None:
+        """Let every thread finish its job, then stop them."""
+        for _ in self.threads:
+            self.jobs.put(None)
+        for thread in self.threads:
+            thread.join()
+
 
 class HttpPostStream:
     """One sync's requests."""
@@ -156,8 +276,21 @@ class HttpPostStream:
         if not self.form:
             self.headers["Accept"] = "application/json"
         self.bare_headers = {k: v for k, v in self.headers.items() if k != "Content-Type"}
+        # The same header lines, encoded once, for the lean connection (which writes Host itself).
+        named = {k.lower() for k in self.headers}
+        defaults = {k: v for k, v in (("User-Agent", f"syncengine/{__version__}"),
+                                      ("Accept-Encoding", "identity")) if k.lower() not in named}
+        try:
+            encode_head(self.headers)  # every header checked, Host too (the connection writes that one)
+            self.head = encode_head({k: v for k, v in {**self.headers, **defaults}.items() if k.lower() != "host"})
+            self.bare_head = encode_head({k: v for k, v in {**self.bare_headers, **defaults}.items()
+                                          if k.lower() != "host"})
+        except ValueError as exc:
+            raise ConfigError(f"http destination: {exc}") from None
+        self.encode_json = json.JSONEncoder(ensure_ascii=False, default=_json_default).encode
         self.concurrency = config.concurrency
         self.idempotency_header = config.idempotency_header
+        self.key_line = f"{config.idempotency_header}: ".encode("ascii") if config.idempotency_header else b""
         self.key_context = {"sync": ctx.sync, "table": self.table, "vars": ctx.vars, "env": ctx.env or EnvView(),
                             "run": ctx.run}
         # Compiled once per stream; rendered per request (a retry renders the same value again).
@@ -188,56 +321,54 @@ class HttpPostStream:
         """
         if not changes:
             return
-        sender = self.owner.sender  # made here, before the pool threads share it
-        executor = self.owner.pool
+        transport, release = self.owner.transport(self)
+        send, collect = transport.send, transport.collect
         window = self.concurrency
-        abort = threading.Event()
-        pending: dict[Future[Outcome | Retry], tuple[int, int]] = {}  # future -> (index, attempt)
+        in_flight = 0
         retries: list[tuple[float, int, int]] = []  # heap of (due, index, attempt)
         fresh, total = 0, len(changes)
         hold_until = 0.0
         try:
             while True:
                 now = clock.monotonic()
-                while len(pending) < window and hold_until <= now:
+                while in_flight < window and hold_until <= now:
                     if retries and retries[0][0] <= now:
                         _, index, attempt = heapq.heappop(retries)
                     elif fresh < total:
                         index, attempt, fresh = fresh, 0, fresh + 1
                     else:
                         break
-                    future = executor.submit(self.attempt, changes[index], sender, attempt, abort)
-                    pending[future] = (index, attempt)
-                if not pending and not retries and fresh >= total:
+                    send(changes[index], index, attempt)
+                    in_flight += 1
+                if not in_flight and not retries and fresh >= total:
                     return
-                if len(pending) >= window:
+                if in_flight >= window:
                     timeout = None  # nothing can start before a request completes
                 else:
                     # The next send: a fresh record now, else the earliest retry; neither during a hold.
                     due = now if fresh < total else (retries[0][0] if retries else math.inf)
                     due = max(due, hold_until)
                     timeout = None if due == math.inf else max(0.0, due - now)
-                if not pending:
+                if not in_flight:
                     clock.sleep(timeout or 0.0)  # only retries are left, none due: nothing else to do
                     continue
-                finished, _ = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED)
+                finished = collect(timeout)  # and whatever else completed meanwhile: one group
+                if not finished:
+                    continue
+                in_flight -= len(finished)
                 group: list[tuple[int, Outcome]] = []
                 failures: list[BaseException] = []
-                for future in finished:
-                    index, attempt = pending.pop(future)
-                    try:
-                        result = future.result()
-                    except Exception as exc:  # noqa: BLE001 - raised below, after the good outcomes
-                        failures.append(exc)
-                        continue
-                    if isinstance(result, Retry):
+                for index, attempt, result in finished:
+                    if isinstance(result, Outcome):
+                        group.append((index, result))
+                    elif isinstance(result, Retry):
                         heapq.heappush(retries, (result.at, index, attempt + 1))
                         if result.hold:
                             hold_until = max(hold_until, result.at)
                     else:
-                        group.append((index, result))
+                        failures.append(result)  # raised below, after the good outcomes
                 if failures:
-                    abort.set()  # requests already queued give up instead of hitting the server again
+                    transport.stop()  # requests already queued give up instead of hitting the server again
                 if group:
                     group.sort()
                     yield group
@@ -245,31 +376,36 @@ class HttpPostStream:
                     # Report the request that found the problem, not those it stopped.
                     raise next((e for e in failures if not isinstance(e, Aborted)), failures[0])
         finally:
-            # On a failure, or when the engine stops listening: nothing new starts, and the requests in
-            # flight finish before the stream returns (their outcomes are not reported, so a rerun resends them).
-            abort.set()
-            for future in pending:
-                future.cancel()
-            wait(pending)
+            # On a failure, or when the engine stops listening: nothing new starts (queued requests
+            # give up), and the requests in flight finish before the stream returns (their outcomes
+            # are not reported, so a rerun resends them).
+            transport.stop()
+            while in_flight:
+                in_flight -= len(collect(None))
+            release()
 
     def finish(self) -> None:
         """Nothing is buffered."""
 
     # --- one change -----------------------------------------------------------------------------
 
-    def attempt(self, change: Change, sender: Sender, attempt: int, abort: threading.Event) -> Outcome | Retry:
-        """Send one change once (in a pool thread): its outcome, or when to retry it."""
+    def attempt(self, change: Change, attempt: int, abort: threading.Event) -> Outcome | Retry:
+        """Send one change once through the urllib3 pool (in a thread): its outcome, or when to retry it."""
         try:
-            method, url, body, headers = self.request(change)
+            method, url, body, key = self.request(change)
         except _KeyFailed as exc:
             return Outcome(False, error=str(exc))
-        answer = sender.attempt(method, url, body=body, headers=headers, attempt=attempt, abort=abort)
+        headers = self.headers if body is not None else self.bare_headers
+        if key is not None and self.idempotency_header is not None:
+            headers = {**headers, self.idempotency_header: key}
+        answer = self.owner.sender.attempt(method, url, body=body, headers=headers, attempt=attempt, abort=abort)
         if isinstance(answer, Retry):
             return answer
         return self.outcome(change, answer)
 
-    def request(self, change: Change) -> tuple[str, str, bytes | None, dict[str, str]]:
-        """(method, url, body, headers) of one change."""
+    def request(self, change: Change) -> tuple[str, str, bytes | None, str | None]:
+        """(method, url, body, idempotency key) of one change; a body goes with ``headers``, none with
+        ``bare_headers``."""
         if self.form:
             fields: list[tuple[str, str]] = []
             if self.table_field:
@@ -278,26 +414,28 @@ class HttpPostStream:
                 fields.append((self.action_field, change.action))
             values = change.values if change.action != DELETE else self.key_values(change)
             fields.extend((name, _form_value(value)) for name, value in (values or {}).items())
-            return self.method, self.url, urlencode(fields).encode("ascii"), self.with_key(change, self.headers)
-        ident = quote(change.remote_id or change.key, safe="")
+            return self.method, self.url, urlencode(fields).encode("ascii"), self.key_of(change)
         if change.action == DELETE:
-            return self.delete_method, f"{self.base}/{ident}", None, self.with_key(change, self.bare_headers)
-        payload = dict(change.values or {})
-        if self.table_field:
-            payload[self.table_field] = self.table
-        if self.action_field:
-            payload[self.action_field] = change.action
-        body = json.dumps(payload, default=_json_default, ensure_ascii=False).encode("utf-8")
-        headers = self.with_key(change, self.headers)
+            ident = quote(change.remote_id or change.key, safe="")
+            return self.delete_method, f"{self.base}/{ident}", None, self.key_of(change)
+        payload = change.values or {}
+        if self.table_field or self.action_field:
+            payload = dict(payload)
+            if self.table_field:
+                payload[self.table_field] = self.table
+            if self.action_field:
+                payload[self.action_field] = change.action
+        body = self.encode_json(payload).encode("utf-8")
         if change.action == UPDATE and self.update_method:
-            return self.update_method, f"{self.base}/{ident}", body, headers
-        return self.method, self.url, body, headers
+            ident = quote(change.remote_id or change.key, safe="")
+            return self.update_method, f"{self.base}/{ident}", body, self.key_of(change)
+        return self.method, self.url, body, self.key_of(change)
 
-    def with_key(self, change: Change, headers: dict[str, str]) -> dict[str, str]:
-        """``headers`` plus the change's idempotency header, when one is configured."""
+    def key_of(self, change: Change) -> str | None:
+        """The change's idempotency header value, when one is configured."""
         if self.key_template is None or self.idempotency_header is None:
-            return headers
-        return {**headers, self.idempotency_header: self.idempotency_key(change)}
+            return None
+        return self.idempotency_key(change)
 
     def idempotency_key(self, change: Change) -> str:
         """The rendered ``idempotency_key`` of a change: the same for the same change, sent again or rerun."""
@@ -337,6 +475,10 @@ class HttpPostStream:
         return Outcome(False, error=f"HTTP {status}: {body_text(response)}")
 
 
+def _nothing() -> None:
+    """Nothing to release."""
+
+
 @REGISTRY.destination("http", config=HttpPostConfig, options=HttpPostOptions)
 class HttpPostDestination:
     """An HTTP endpoint, one request per record (form fields or JSON), with retries and keep-alive."""
@@ -351,22 +493,45 @@ class HttpPostDestination:
         self.config = config
         self.base_dir = base_dir
         self._sender: Sender | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._workers: Workers | None = None
+        self._connections: ConnectionSet | None = None
+        self._context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+        self._busy = threading.Lock()
 
     @property
     def sender(self) -> Sender:
-        """The session and its retry logic, made on first use."""
+        """The retry logic (with a urllib3 pool only when a proxy carries the requests), made on first use."""
         if self._sender is None:
-            pool = make_pool(self.config, self.base_dir, self.config.url, self.config.concurrency)
-            self._sender = Sender(self.config, pool)
+            with self._lock:
+                if self._sender is None:
+                    config = self.config
+                    pool = (make_pool(config, self.base_dir, config.url, config.concurrency)
+                            if proxied(config.url) else None)
+                    self._sender = Sender(config, pool)
         return self._sender
 
-    @property
-    def pool(self) -> ThreadPoolExecutor:
-        """The bounded pool of request threads, made on first use."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.config.concurrency, thread_name_prefix="http-post")
-        return self._pool
+    def transport(self, stream: HttpPostStream) -> tuple[Direct | Threaded, Callable[[], None]]:
+        """How ``stream`` sends, and what to call when it is done: the connection set (one stream at a
+        time; a second stream at the same moment gets a set of its own for that batch), or the threads."""
+        config = self.config
+        if self.sender.pool is not None:
+            with self._lock:
+                if self._workers is None:
+                    self._workers = Workers(config.concurrency)
+            return Threaded(stream, self._workers), _nothing
+        with self._lock:
+            if self._context is None and config.url.startswith("https:"):
+                self._context = tls_context(config, self.base_dir)
+        host = next((v for k, v in config.headers.items() if k.lower() == "host"), None)
+        with self._lock:
+            if self._connections is None:
+                self._connections = ConnectionSet(config.url, config.concurrency, config.timeout, self._context,
+                                                  host)
+        if self._busy.acquire(blocking=False):
+            return Direct(stream, self._connections), self._busy.release
+        extra = ConnectionSet(config.url, config.concurrency, config.timeout, self._context, host)
+        return Direct(stream, extra), extra.close
 
     def open_stream(self, options: HttpPostOptions, ctx: StreamContext) -> HttpPostStream:
         """A stream sending one sync's changes."""
@@ -374,9 +539,13 @@ class HttpPostDestination:
 
     def close(self) -> None:
         """Wait for requests in flight, then close the connections."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+        if self._connections is not None:
+            self._connections.close()
+            self._connections = None
         if self._sender is not None:
-            self._sender.pool.clear()
+            if self._sender.pool is not None:
+                self._sender.pool.clear()
             self._sender = None

@@ -46,10 +46,11 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from benchmarks.measure import Endpoint
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -67,39 +68,6 @@ DRT_MODEL = (
 
 
 # --- the endpoint ------------------------------------------------------------------------------------
-
-
-class Endpoint:
-    """``benchmarks.http_endpoint`` in its own process, fresh for every run."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.http_endpoint"] + (["--delay", str(delay)] if delay else [])
-        self.process = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline().split()
-        if len(line) != 2 or line[0] != "PORT":
-            self.stop()
-            raise RuntimeError(f"the endpoint did not start: {line}")
-        self.port = int(line[1])
-        self.url = f"http://127.0.0.1:{self.port}/loads"
-
-    def stats(self) -> dict[str, int]:
-        """The endpoint's counters."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=10) as answer:
-            data: dict[str, int] = json.loads(answer.read())
-        return data
-
-    def stop(self) -> None:
-        """Close its standard input and wait for it to end."""
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 # --- the data ----------------------------------------------------------------------------------------
@@ -320,7 +288,9 @@ def default_concurrency() -> int:
     """The ``http`` destination's default ``concurrency``."""
     from engine.adapters.http_post import HttpPostConfig
 
-    return int(HttpPostConfig.__dataclass_fields__["concurrency"].default)
+    default = HttpPostConfig.__dataclass_fields__["concurrency"].default
+    assert isinstance(default, int)
+    return default
 
 
 def drive(options: argparse.Namespace) -> int:

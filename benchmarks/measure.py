@@ -132,17 +132,19 @@ def http_available() -> bool:
 
 
 class Endpoint:
-    """The loopback JSON endpoint, in its own process; stopped by closing its standard input."""
+    """The loopback JSON endpoint, in its own process (``delay`` seconds per answer); stopped by closing its
+    standard input."""
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.http_endpoint"], cwd=ROOT,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, delay: float = 0.0) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.http_endpoint"] + (["--delay", str(delay)] if delay else [])
+        self.process = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline().split()
         if len(line) != 2 or line[0] != "PORT":
             self.stop()
             raise RuntimeError(f"the endpoint did not start: {line}")
         self.port = int(line[1])
+        self.url = f"http://127.0.0.1:{self.port}/loads"
 
     def stats(self) -> dict[str, int]:
         """The endpoint's counters."""

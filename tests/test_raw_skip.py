@@ -276,3 +276,17 @@ def test_the_summary_says_how_many_were_not_mapped_and_plan_says_why_all_are(tmp
     assert planned.code == 0, planned.text
     assert "loads: note: every record is mapped, changed or not: the mapping is not pure" in planned.out
     assert "run.*" in planned.out
+
+
+@pytest.mark.timeout(120)
+def test_a_state_from_before_raw_hashes_maps_everything_once(tmp_path: Path) -> None:
+    write_rows(tmp_path / "in.csv", make_rows(9))
+    path = pipeline(tmp_path)
+    run(path)
+    state = tmp_path / ".syncengine" / "state.db"
+    rows(state, "ALTER TABLE records DROP COLUMN raw")  # the table as an earlier version made it
+    planned = syncengine("plan", path, "--json", env=ENV)  # read-only: no column to read, everything mapped
+    assert planned.code == 0 and '"unmapped": 0' in planned.out and '"unchanged": 9' in planned.out, planned.text
+    upgraded = run(path)
+    assert (upgraded["unchanged"], upgraded["unmapped"], upgraded["updates"]) == (9, 0, 0)
+    assert run(path)["unmapped"] == 9

@@ -1,14 +1,13 @@
 """The benchmark at 10k rows, for correctness only (never timing): the engine's counts against the
 generator's truth, an unchanged rerun that leaves the destination file untouched, and the engine's
 table equal to the hand-written floor's after the day-2 file; the sqlite3-shell floor the same way
-(skipped without the ``sqlite3`` program); a child's peak RSS its own; the report's peer lines.
+(the ``sqlite3`` program, which .ci/run installs); a child's peak RSS its own; the report's peer lines.
 Nothing here needs dlt or the network: the dlt peer runs only in ``python -m benchmarks.run``."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import sqlite3
 import sys
 from pathlib import Path
@@ -142,7 +141,6 @@ def test_loopback_endpoint_keeps_the_connection_alive() -> None:
     assert endpoint.process.returncode == 0
 
 
-@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="no sqlite3 program (Debian package sqlite3)")
 def test_sqlite3_shell_floor_matches_the_floor(dataset: Dataset, tmp_path: Path) -> None:
     assert shell_floor.status()["status"] == "ok"
     db = tmp_path / "shell.db"

@@ -249,8 +249,9 @@ class SyncLoop:
                 counts["read"] = read + self.sifted
                 self.check_budget(failed, final=False)
                 self.flush(batch, passed, failed)
-                for key in batch:
-                    raw_of.pop(key, None)
+                if raw_of:  # only a sifted read hashes raw records
+                    for key in batch:
+                        raw_of.pop(key, None)
                 batch, passed, failed = {}, [], []
                 self.batch = batch
                 if progress:

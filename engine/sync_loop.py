@@ -310,7 +310,7 @@ class SyncLoop:
 
         def drain() -> Iterator[dict[str, Any]]:
             changed = set(buffer) if everything else set(
-                state.raw_changed([(key, entry[0]) for key, entry in buffer.items()]))
+                state.raw_changed(list(buffer), [entry[0] for entry in buffer.values()]))
             waiting = self.batch
             if waiting:
                 changed.update(key for key in buffer if key in waiting)

@@ -129,7 +129,7 @@ class SyncState:
         Only the keys the join returns (new or changed) are visited: an unchanged record costs no
         Python work here, which is what makes a rerun with little changed cheap.
         """
-        known = self.store.changed(self.stream_id, [(key, p[1]) for key, p in batch.items()],
+        known = self.store.changed(self.stream_id, list(batch), [p[1] for p in batch.values()],
                                    everything=everything)
         decision = Decision(unchanged=len(batch) - len(known), visited=set(known))
         if explain:
@@ -167,13 +167,13 @@ class SyncState:
                                            state.remote_id if live else None, key_values))
         return decision
 
-    def raw_changed(self, pairs: Sequence[tuple[str, bytes]]) -> list[str]:
-        """Of (key, raw hash) pairs, the keys to map: the others are unchanged since their last delivery
+    def raw_changed(self, keys: Sequence[str], hashes: Sequence[bytes]) -> list[str]:
+        """Of keys and their raw hashes, the keys to map: the others are unchanged since their last delivery
         (and are marked seen). A key with a dead letter is always mapped, so that its letter settles."""
-        changed = self.store.raw_changed(self.stream_id, pairs)
+        changed = self.store.raw_changed(self.stream_id, keys, hashes)
         if self.dead_keys:
             dead = self.dead_keys
-            changed.extend(key for key, _ in pairs if key in dead)
+            changed.extend(key for key in keys if key in dead)
         return changed
 
     def refresh_raw(self, batch: Mapping[str, Pending], changed: set[str]) -> None:

@@ -1,13 +1,17 @@
 """The record loop's process-wide settings are temporary: the young-generation GC threshold is raised
-while records stream and restored after, however the run ends and however many syncs overlap."""
+while records stream and restored after, however the run ends and however many syncs overlap. And a
+batch handed to the state store in one piece (a JSON array of keys, a blob of hashes) arrives exactly."""
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import threading
+from pathlib import Path
 
 import pytest
 
+from engine.state_store import StateStore
 from engine.sync_loop import GC_YOUNG_THRESHOLD, relaxed_gc
 
 
@@ -61,3 +65,41 @@ def test_a_process_that_disabled_or_raised_it_is_left_alone() -> None:
             assert gc.get_threshold()[0] == 100_000
     finally:
         gc.set_threshold(*before)
+
+
+# --- a batch handed to the state store in one piece --------------------------------------------------
+
+KEYS = ["L1", "Ünïcødé-ß", "tab\tand\nnewline", "quote\"back\\slash", "emoji-\U0001f69a", "ctl-\x01\x1f", "L2"]
+
+
+def _loaded(store: StateStore, keys: list[str], hashes: list[bytes]) -> list[tuple[int, str, bytes]]:
+    store.start_seen()
+    store.db.execute("BEGIN")
+    store.load_batch(keys, hashes)
+    rows = store.db.execute("SELECT pos, key, hash FROM temp.cur ORDER BY pos").fetchall()
+    store.db.execute("COMMIT")
+    return [(pos, key, bytes(digest)) for pos, key, digest in rows]
+
+
+@pytest.mark.parametrize("keys", [KEYS, [*KEYS, "nul-\x00-inside"]], ids=["json", "nul-takes-executemany"])
+def test_a_batch_reaches_sqlite_with_every_key_and_hash_exactly(tmp_path: Path, keys: list[str]) -> None:
+    store = StateStore(tmp_path / "state.db")
+    hashes = [hashlib.blake2b(k.encode("utf-8"), digest_size=16).digest() for k in keys]
+    assert _loaded(store, keys, hashes) == list(zip(range(len(keys)), keys, hashes, strict=True))
+    # Hashes of another size than 16 bytes take the plain way too.
+    odd = [*hashes[:-1], b"short"]
+    assert _loaded(store, keys, odd) == list(zip(range(len(keys)), keys, odd, strict=True))
+
+
+def test_the_lookups_answer_with_the_keys_given(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    stream = store.stream_id("p", "s")
+    hashes = [hashlib.blake2b(k.encode("utf-8"), digest_size=16).digest() for k in KEYS]
+    store.start_seen()
+    assert set(store.changed(stream, KEYS, hashes)) == set(KEYS)  # all new
+    store.db.executemany("INSERT INTO records (stream_id, key, hash, raw) VALUES (?, ?, ?, ?)",
+                         [(stream, k, h, h) for k, h in zip(KEYS[:3], hashes, strict=False)])
+    assert set(store.changed(stream, KEYS, hashes)) == set(KEYS[3:])
+    store.start_seen()
+    assert set(store.raw_changed(stream, KEYS, hashes)) == set(KEYS[3:])
+    assert {row[0] for row in store.db.execute("SELECT key FROM temp.seen")} == set(KEYS[:3])

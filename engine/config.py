@@ -142,6 +142,8 @@ class SyncSpec:
     max_error_share: float = 0.5
     max_errors: int | None = None
     group: GroupSpec | None = None
+    arrow: bool = True
+    """Whether the sync may read its source with pyarrow where that reads exactly what the row reader would."""
 
     @property
     def deletes_missing(self) -> bool:
@@ -539,7 +541,8 @@ class _Checker:
             max_error_share=float(block.get("max_error_share", 0.5)),
             max_errors=block.get("max_errors"),
             enabled=bool(block.get("enabled", True)), location=self.at(path),
-            delete_when=delete_when, memo_fields=memo_fields, group=self.last_group)
+            delete_when=delete_when, memo_fields=memo_fields, group=self.last_group,
+            arrow=bool(block.get("arrow", True)))
 
 
 def _file_line(location: str) -> tuple[str, int, int]:

@@ -216,6 +216,27 @@ class ReadsRows(Protocol):
     def read_rows(self, cursor: str | None) -> Iterator[RowBlock]: ...
 
 
+ColumnBlock = tuple[list[str], Any]
+"""Rows as :class:`ReadsColumns` hands them out beside :data:`RowBlock` s: a header and a
+``pyarrow.RecordBatch`` of as many text columns, in the header's order (the ``arrow`` extra)."""
+
+
+@runtime_checkable
+class ReadsColumns(Protocol):
+    """A :class:`ReadsRows` stream that can also hand out rows as Arrow batches (an optional capability).
+
+    ``read_columns`` yields, in reading order, :data:`ColumnBlock` s where Arrow reads the rows exactly
+    as ``read`` would, and :data:`RowBlock` s elsewhere; ``columnar`` then says, per file, which and why.
+    """
+
+    columnar: dict[str, str | None]
+    """Per file read: ``None`` when Arrow read it whole, else why (some of) its rows took the Python reader."""
+    arrow_rows: int
+    """Rows Arrow read."""
+
+    def read_columns(self, cursor: str | None) -> Iterator[RowBlock | ColumnBlock]: ...
+
+
 @runtime_checkable
 class WholeRead(Protocol):
     """A source stream that says whether its read delivered the source's entire set (an optional capability).

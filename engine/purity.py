@@ -156,21 +156,31 @@ class RawSkip:
 
         return raw_hash
 
+    def header_key(self, header: list[str]) -> bytes:
+        """The hash key of rows under ``header`` (the header's names under the mapping's version)."""
+        return hashlib.blake2b(repr(tuple(header)).encode("utf-8", "surrogatepass"), digest_size=16,
+                               key=self.version).digest()
+
+    def keyed_hash(self, header: list[str]) -> Callable[[], Any]:
+        """A fresh hash of joined rows under ``header``: ``update`` it with the row's text joined by ``\\x1f``
+        (UTF-8), then ``digest``. Set up once and copied per row: keying is a whole block's work, a third
+        of a short row's hash."""
+        return hashlib.blake2b(digest_size=16, key=self.header_key(header), salt=b"j").copy
+
     def row_hasher(self, header: list[str]) -> Callable[[list[str]], bytes]:
         """:meth:`hasher` for rows of text under ``header``: the same hash as the row's dict would have."""
-        key = hashlib.blake2b(repr(tuple(header)).encode("utf-8", "surrogatepass"), digest_size=16,
-                              key=self.version).digest()
+        key = self.header_key(header)
         blake2b = hashlib.blake2b
         separators = len(header) - 1
-        # A keyed hash set up once and copied per row: keying is a whole block's work, a third of a short row's hash.
-        joined = blake2b(digest_size=16, key=key, salt=b"j").copy
+        joined = self.keyed_hash(header)
 
         def raw_hash(row: list[str]) -> bytes:
             text = "\x1f".join(row)
             if text.count("\x1f") == separators:
                 h = joined()
                 h.update(text.encode("utf-8", "surrogatepass"))
-                return h.digest()
+                digest: bytes = h.digest()
+                return digest
             return blake2b(repr(tuple(row)).encode("utf-8", "surrogatepass"), digest_size=16, key=key,
                            salt=b"r").digest()
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from engine import arrow_read
 from engine.config import Endpoint, Pipeline, SyncSpec, is_secret_path
 from engine.errors import (
     ConfigError,
@@ -36,6 +37,7 @@ from engine.interfaces import (
     Destination,
     DestinationStream,
     PushSource,
+    ReadsColumns,
     RunInfo,
     Source,
     SourceStream,
@@ -111,6 +113,12 @@ class SyncReport:
     """Unchanged records recognised by their raw hash, without running the mapping (part of ``unchanged``)."""
     raw_skip: str | None = None
     """Why unchanged records were mapped anyway (``None`` when the sync skips them, or maps nothing)."""
+    path: str = "row"
+    """``arrow`` when pyarrow read (some of) the source's rows, else ``row``."""
+    arrow_rows: int = 0
+    """Rows pyarrow read."""
+    columnar: dict[str, str | None] = field(default_factory=dict)
+    """Per file, where the source says: ``None`` when Arrow read it whole, else why (some of) it was read by rows."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
@@ -118,7 +126,8 @@ class SyncReport:
                                "errors_detail": self.errors, "message": self.message, "cursor": self.cursor,
                                "warnings": self.warnings, "notes": self.notes,
                                "deletes_inferred": self.deletes_inferred, "unknown": self.unknown,
-                               "pending": self.pending, "unmapped": self.unmapped, "raw_skip": self.raw_skip}
+                               "pending": self.pending, "unmapped": self.unmapped, "raw_skip": self.raw_skip,
+                               "path": self.path, "arrow_rows": self.arrow_rows, "columnar": self.columnar}
         if self.samples:
             out["samples"] = self.samples
         return out
@@ -476,8 +485,15 @@ class Engine:
             if replay is None and state.keeps_raw:
                 skip, why = self.raw_skip(sync, run)
                 report.raw_skip = why or None
+            columnar = skip is not None and sync.arrow and arrow_read.available() and isinstance(source, ReadsColumns)
             SyncLoop(self, sync, state, report, writer, options).run(source, mapping, cursor,
-                                                                     replaying=replay is not None, skip=skip)
+                                                                     replaying=replay is not None, skip=skip,
+                                                                     columnar=columnar)
+            if columnar:
+                read_by = cast(ReadsColumns, source)
+                report.columnar = dict(read_by.columnar)
+                report.arrow_rows = read_by.arrow_rows
+                report.path = "arrow" if read_by.arrow_rows else "row"
             if not options.dry_run:
                 writer.finish()  # before the source's finish, which may archive what was read
             if options.strict and report.warnings:

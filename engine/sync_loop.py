@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
+from engine import arrow_read
 from engine.config import SyncSpec
 from engine.errors import ErrorBudgetExceeded, RecordError, RunFailed, Stopped, SyncEngineError, TransientError
 from engine.interfaces import (
@@ -39,12 +40,14 @@ from engine.interfaces import (
     Acknowledging,
     AtMostOnce,
     Change,
+    ColumnBlock,
     Confirming,
     Deleted,
     Delivery,
     DestinationStream,
     Outcome,
     PushEvent,
+    ReadsColumns,
     ReadsRows,
     RowBlock,
     RunInfo,
@@ -126,10 +129,31 @@ def relaxed_gc() -> Iterator[None]:
                 _gc_saved = None
 
 
-def _record(entry: tuple[bytes, Any, list[str] | None]) -> dict[str, Any]:
+def _record(entry: tuple[bytes, Any, Any]) -> dict[str, Any]:
     """A sifted record as the mapping takes it: the record itself, or its row zipped with its header."""
     header = entry[2]
     return entry[1] if header is None else dict(zip(header, entry[1], strict=False))
+
+
+def _records(entries: list[tuple[bytes, Any, Any]]) -> Iterator[dict[str, Any]]:
+    """Sifted records in order; the rows of one Arrow batch (``(index, (batch, header))``) are taken together."""
+    taking: Any = None
+    indices: list[int] = []
+    for entry in entries:
+        payload = entry[2]
+        if payload.__class__ is tuple:
+            if payload is not taking:
+                if indices:
+                    yield from arrow_read.taken(taking, indices)
+                taking, indices = payload, []
+            indices.append(entry[1])
+            continue
+        if indices:
+            yield from arrow_read.taken(taking, indices)
+            taking, indices = None, []
+        yield _record(entry)
+    if indices:
+        yield from arrow_read.taken(taking, indices)
 
 
 def _jsonable(value: Any) -> Any:
@@ -186,17 +210,18 @@ class SyncLoop:
     # --- a pull run ----------------------------------------------------------------------------------
 
     def run(self, source: SourceStream, mapping: Mapping_, cursor: str | None, *, replaying: bool,
-            skip: RawSkip | None = None) -> None:
+            skip: RawSkip | None = None, columnar: bool = False) -> None:
         """Read the source, map and write every batch, then replay leftovers and infer deletes.
 
         With ``skip`` (a pure mapping), records whose raw hash is the one stored with their last
-        delivery are counted unchanged without being mapped (:meth:`sift`).
+        delivery are counted unchanged without being mapped (:meth:`sift`); with ``columnar`` too, a
+        :class:`~engine.interfaces.ReadsColumns` source is read through pyarrow where it says so.
         """
         with relaxed_gc():
-            self._run(source, mapping, cursor, replaying=replaying, skip=skip)
+            self._run(source, mapping, cursor, replaying=replaying, skip=skip, columnar=columnar)
 
     def _run(self, source: SourceStream, mapping: Mapping_, cursor: str | None, *, replaying: bool,
-             skip: RawSkip | None) -> None:
+             skip: RawSkip | None, columnar: bool) -> None:
         self.source = source
         self.confirm_pending()
         # Retrying dead letters that still fail is what a retry is for: no budget applies to it.
@@ -215,6 +240,8 @@ class SyncLoop:
         records: Iterator[dict[str, Any] | RecordError]
         if isinstance(mapping, GroupedMapping):
             records = mapping.group(source.read(cursor))  # adjacent rows of one group become one record
+        elif skip is not None and columnar and isinstance(source, ReadsColumns):
+            records = self.sift(None, skip, source.read_columns(cursor))
         elif skip is not None and isinstance(source, ReadsRows):
             records = self.sift(None, skip, source.read_rows(cursor))
         elif skip is not None:
@@ -284,7 +311,7 @@ class SyncLoop:
                           "goes on from there")
 
     def sift(self, records: Iterator[dict[str, Any] | RecordError] | None, skip: RawSkip,
-             blocks: Iterator[RowBlock] | None = None) -> Iterator[dict[str, Any] | RecordError]:
+             blocks: Iterator[RowBlock | ColumnBlock] | None = None) -> Iterator[dict[str, Any] | RecordError]:
         """The records to map: those whose raw hash differs from the one stored with their key's last delivery.
 
         Records (or, from a :class:`~engine.interfaces.ReadsRows` source, ``blocks`` of rows as lists)
@@ -299,8 +326,8 @@ class SyncLoop:
         report = self.report
         column = skip.column
         size = self.size
-        # key -> (raw hash, the record, or the row and its header)
-        buffer: dict[str, tuple[bytes, Any, list[str] | None]] = {}
+        # key -> (raw hash, the record; or the row and its header; or its place and (Arrow batch, header))
+        buffer: dict[str, tuple[bytes, Any, Any]] = {}
         progress = self.options.progress
         # A full refresh maps and sends everything, and a first load has nothing to compare with; both keep the
         # raw hashes for the next run.
@@ -319,12 +346,14 @@ class SyncLoop:
             report.unmapped += unchanged
             self.sifted += unchanged
             if acknowledging is not None and unchanged:
-                acknowledging.acknowledge([_record(entry) for key, entry in buffer.items() if key not in changed])
+                acknowledging.acknowledge(list(_records([e for key, e in buffer.items() if key not in changed])))
             if changed:
+                entries = []
                 for key, entry in buffer.items():
                     if key in changed:
                         raw_of[key] = entry[0]
-                        yield _record(entry)
+                        entries.append(entry)
+                yield from _records(entries)
             buffer.clear()
 
         def full() -> Iterator[dict[str, Any]]:
@@ -334,7 +363,33 @@ class SyncLoop:
             self.check_stop(total)
 
         if blocks is not None:
-            for header, rows in blocks:
+            for header, block in blocks:
+                if arrow_read.is_batch(block):
+                    rows: Any = block
+                    # Columns from Arrow: keys and raw hashes come a batch at a time, rows become dicts only
+                    # when they are to be mapped (in drain, a batch's rows at once).
+                    if column not in header:
+                        for as_dict in arrow_read.records(header, rows):
+                            total += 1
+                            yield from drain()
+                            yield as_dict
+                        continue
+                    at = header.index(column)
+                    hashes = arrow_read.row_hashes(rows, skip.keyed_hash(header), skip.row_hasher(header))
+                    payload = (rows, header)
+                    for i, key in enumerate(rows.column(at).to_pylist()):
+                        total += 1
+                        if key:
+                            if key in buffer:
+                                self.sifted += 1
+                            buffer[key] = (hashes[i], i, payload)
+                            if len(buffer) >= size:
+                                yield from full()
+                            continue
+                        yield from drain()
+                        yield from arrow_read.records(header, rows.slice(i, 1))
+                    continue
+                rows = block
                 if column not in header:
                     for row in rows:  # no key column: every row is mapped (and fails there, located)
                         total += 1
@@ -361,7 +416,7 @@ class SyncLoop:
                         yield dict(zip(header, row, strict=False))
                         continue
                     yield from drain()  # an unreadable row, in its place
-                    yield row  # type: ignore[misc]
+                    yield row
         else:
             assert records is not None
             raw_hash = skip.hasher()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from engine import arrow_read
 from engine.adapters.local_files import LocalFilesSource, LocalFilesStream
 from engine.errors import RecordError, RunFailed
-from engine.interfaces import RowBlock
+from engine.interfaces import ColumnBlock, RowBlock
 from engine.registry import REGISTRY
 from engine.typed_config import option
 
@@ -86,6 +88,11 @@ class CsvStream(LocalFilesStream):
 
     config: CsvConfig
 
+    def __init__(self, config: Any, files: list[Path]) -> None:
+        super().__init__(config, files)
+        self.columnar: dict[str, str | None] = {}
+        self.arrow_rows = 0
+
     def read_file(self, path: Path) -> Iterator[dict[str, Any] | RecordError]:
         """The rows of one file."""
         try:
@@ -104,6 +111,53 @@ class CsvStream(LocalFilesStream):
                         yield block[0], self.decoded(path, block[1])
             except UnicodeDecodeError as exc:
                 raise self.undecodable(path, exc) from exc
+
+    def read_columns(self, cursor: str | None) -> Iterator[RowBlock | ColumnBlock]:
+        """Each file as Arrow batches where Arrow reads it as the Python reader would, else as rows
+        (the :class:`~engine.interfaces.ReadsColumns` capability; :mod:`engine.arrow_read` says where)."""
+        self.columnar = {}
+        self.arrow_rows = 0
+        for path in self.files:
+            try:
+                yield from self.file_columns(path)
+            except UnicodeDecodeError as exc:
+                raise self.undecodable(path, exc) from exc
+
+    def file_columns(self, path: Path) -> Iterator[RowBlock | ColumnBlock]:
+        """One file: its header from the Python reader, then Arrow's batches, then whatever Arrow refused."""
+        config = self.config
+        with self.opened(path) as handle:
+            block = csv_rows(handle, config, path.name)
+            if block is None:
+                return
+            header = block[0]
+            why = arrow_read.columnar_refusal(path, encoding=config.encoding, delimiter=config.delimiter,
+                                              quotechar=config.quotechar, width=len(header))
+            if why is not None:
+                self.columnar[path.name] = why
+                yield header, self.decoded(path, block[1])
+                return
+        given = 0
+        try:
+            for batch in arrow_read.batches(path, delimiter=config.delimiter, width=len(header),
+                                            has_header=not config.header):
+                yield header, batch
+                given += batch.num_rows
+                self.arrow_rows += batch.num_rows
+        except arrow_read.ArrowInvalid as exc:
+            # The rest of the file, from the first row not given out, as the Python reader reads it.
+            self.columnar[path.name] = (f"Arrow read {given} rows, the Python reader the rest: "
+                                        f"{str(exc).splitlines()[0]}")
+            with self.opened(path) as handle:
+                block = csv_rows(handle, config, path.name)
+                if block is not None:
+                    yield header, self.decoded(path, islice(block[1], given, None))
+            return
+        self.columnar[path.name] = None
+
+    def opened(self, path: Path) -> Any:
+        """The file opened as text for the Python reader."""
+        return path.open("r", encoding=self.config.encoding, newline="")
 
     def decoded(self, path: Path, rows: Iterator[list[str] | RecordError]) -> Iterator[list[str] | RecordError]:
         """The rows, with a decoding error named as :meth:`read_file` names it."""

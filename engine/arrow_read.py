@@ -1,0 +1,154 @@
+"""CSV files read by pyarrow for the record loop's sift (the ``arrow`` extra).
+
+A rerun of a pure mapping reads every row only to recognise it unchanged (docs/change-tracking.md,
+"Unchanged records skip the mapping"). Python's :mod:`csv` reader costs about 3 us a row of a
+thirteen-column export; pyarrow's parser reads the same file into text columns in a fraction of it,
+and the raw hashes are made from the columns (:func:`row_hashes`) without a list per row.
+
+It is used only where it reads exactly what :mod:`csv` reads (:func:`columnar_refusal` says why not
+otherwise):
+
+* the file holds **no quote character at all** (a scan for the byte before the read). Without
+  quotes both parsers only split lines (``\\n``, ``\\r\\n``, ``\\r``) and fields (the delimiter);
+  with quotes they differ on malformed text (``"x"y`` is an error for ``csv`` in strict mode and
+  ``xy`` for Arrow), and a scan cannot tell every closing quote from an opening one;
+* the encoding is UTF-8 (``utf-8-sig``, the default, or ``utf-8``; a byte-order mark with plain
+  ``utf-8`` leaves the Python reader's header as it reads it, so that file takes the Python reader);
+* the header has at least two columns (a one-column file's ``""`` line is a row for Arrow and an
+  empty line for the Python reader).
+
+Whatever Arrow refuses later in a file (a row of another width, text that is not UTF-8, a field
+over :func:`csv.field_size_limit`) hands the rest of the file, from the first row not yet given
+out, to the Python reader, which reports it exactly as without the extra.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import mmap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+try:  # the optional extra
+    import pyarrow as pa
+    import pyarrow.compute as arrow_compute
+    import pyarrow.csv as arrow_csv
+
+    ArrowInvalid: type[Exception] = pa.ArrowException
+except ImportError:  # pragma: no cover - exercised where the extra is missing
+    pa = None
+
+    class ArrowInvalid(Exception):  # type: ignore[no-redef]
+        """Never raised without pyarrow."""
+
+BLOCK_BYTES = 1 << 20
+"""Bytes Arrow parses at a time (about 8,000 rows of a thirteen-column export)."""
+
+SEPARATOR = "\x1f"
+
+
+def available() -> bool:
+    """Whether pyarrow is installed."""
+    return pa is not None
+
+
+def columnar_refusal(path: Path, *, encoding: str, delimiter: str, quotechar: str,
+                     width: int) -> str | None:
+    """Why this file is read by the Python reader, or ``None`` when Arrow reads it exactly as it would."""
+    if pa is None:
+        return "pyarrow is not installed (pip install 'syncengine[arrow]')"
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return f"the encoding {encoding} is unknown"
+    if name not in ("utf-8", "utf-8-sig"):
+        return f"the encoding is {encoding}, not UTF-8"
+    if width < 2:
+        return "the file has a single column"
+    if delimiter in "\r\n" or quotechar in "\r\n":
+        return "the delimiter or quote character is a line break"
+    try:
+        with path.open("rb") as handle:
+            if path.stat().st_size == 0:
+                return "the file is empty"
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                if name == "utf-8" and data[:3] == codecs.BOM_UTF8:
+                    return "the file starts with a byte-order mark and the encoding is utf-8"
+                if data.find(quotechar.encode("utf-8")) >= 0:
+                    return "the file holds quote characters"
+    except (OSError, ValueError) as exc:
+        return f"the file cannot be mapped ({exc})"
+    return None
+
+
+def batches(path: Path, *, delimiter: str, width: int, has_header: bool) -> Iterator[Any]:
+    """The file's rows as ``pyarrow.RecordBatch`` es of ``width`` text columns named ``0``, ``1``, ...
+
+    Raises ``pyarrow.ArrowInvalid`` where Arrow cannot read on (the caller goes on with the Python
+    reader); a batch with a field longer than :func:`csv.field_size_limit` raises it too, before
+    the batch is given out.
+    """
+    assert pa is not None
+    names = [str(i) for i in range(width)]
+    reader = arrow_csv.open_csv(
+        str(path),
+        read_options=arrow_csv.ReadOptions(column_names=names, skip_rows=1 if has_header else 0,
+                                           block_size=BLOCK_BYTES),
+        parse_options=arrow_csv.ParseOptions(delimiter=delimiter, quote_char=False, double_quote=False,
+                                             escape_char=False, newlines_in_values=False,
+                                             ignore_empty_lines=True),
+        convert_options=arrow_csv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 strings_can_be_null=False, quoted_strings_can_be_null=False,
+                                                 check_utf8=True))
+    limit = csv.field_size_limit()
+    with reader:
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            for column in batch.columns:
+                longest = arrow_compute.max(arrow_compute.binary_length(column)).as_py()
+                if longest is not None and longest > limit:
+                    raise pa.ArrowInvalid(f"a field is longer than {limit} bytes (csv.field_size_limit)")
+            yield batch
+
+
+def row_hashes(batch: Any, new_hash: Callable[[], Any], fallback: Callable[[list[str]], bytes]) -> list[bytes]:
+    """Each row's raw hash, as :meth:`~engine.purity.RawSkip.row_hasher` makes it from the row's list.
+
+    The row hasher joins a row's text with ``\\x1f`` and hashes the UTF-8 bytes when the row holds
+    no ``\\x1f`` of its own; ``new_hash`` is that keyed hash, fresh. Arrow joins the columns; a row
+    with a ``\\x1f`` in a field is hashed by ``fallback`` from its list.
+    """
+    assert pa is not None
+    joined = arrow_compute.binary_join_element_wise(*batch.columns, SEPARATOR)
+    separators = batch.num_columns - 1
+    clean = arrow_compute.equal(arrow_compute.count_substring(joined, SEPARATOR), separators)
+    hashes: list[bytes] = []
+    append = hashes.append
+    for data in joined.cast(pa.binary()).to_pylist():
+        h = new_hash()
+        h.update(data)
+        append(h.digest())
+    if not arrow_compute.all(clean).as_py():
+        for i in arrow_compute.indices_nonzero(arrow_compute.invert(clean)).to_pylist():
+            hashes[i] = fallback([column[i].as_py() for column in batch.columns])
+    return hashes
+
+
+def is_batch(rows: Any) -> bool:
+    """Whether a block's rows are an Arrow batch (a :data:`~engine.interfaces.ColumnBlock`)."""
+    return pa is not None and isinstance(rows, pa.RecordBatch)
+
+
+def records(header: list[str], batch: Any) -> Iterator[dict[str, Any]]:
+    """A batch's rows as dicts keyed by the header, as the Python reader's rows zipped with it."""
+    for values in zip(*(column.to_pylist() for column in batch.columns), strict=True):
+        yield dict(zip(header, values, strict=True))
+
+
+def taken(payload: tuple[Any, list[str]], indices: list[int]) -> Iterator[dict[str, Any]]:
+    """Rows of a batch by their places, as dicts (one ``take`` for all of them)."""
+    batch, header = payload
+    yield from records(header, batch.take(pa.array(indices, pa.int64())))

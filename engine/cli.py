@@ -223,6 +223,11 @@ def _summary(report: RunReport, as_json: bool) -> None:
                   f"{c['errors']} errors{unmapped}", markup=False)
         if report.dry_run and sync.raw_skip:
             out.print(f"{name}: note: every record is mapped, changed or not: {sync.raw_skip}", markup=False)
+        if sync.arrow_rows:
+            out.print(f"{name}: read with Arrow (columnar): {sync.arrow_rows:,} rows", markup=False)
+        for file, why in sync.columnar.items() if report.dry_run else ():
+            if why is not None:  # plan says why a file is not read with Arrow (apply's --json says it too)
+                out.print(f"{name}: note: {file} read row by row: {why}", markup=False)
         if sync.message:
             out.print(f"{name}: {sync.status}: {sync.message}", markup=False)
         for line in sync.warnings:

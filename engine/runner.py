@@ -486,14 +486,16 @@ class Engine:
                 skip, why = self.raw_skip(sync, run)
                 report.raw_skip = why or None
             columnar = skip is not None and sync.arrow and arrow_read.available() and isinstance(source, ReadsColumns)
-            SyncLoop(self, sync, state, report, writer, options).run(source, mapping, cursor,
-                                                                     replaying=replay is not None, skip=skip,
-                                                                     columnar=columnar)
-            if columnar:
-                read_by = cast(ReadsColumns, source)
-                report.columnar = dict(read_by.columnar)
-                report.arrow_rows = read_by.arrow_rows
-                report.path = "arrow" if read_by.arrow_rows else "row"
+            try:
+                SyncLoop(self, sync, state, report, writer, options).run(source, mapping, cursor,
+                                                                         replaying=replay is not None, skip=skip,
+                                                                         columnar=columnar)
+            finally:
+                if columnar:  # what was read how, however the sync ended
+                    read_by = cast(ReadsColumns, source)
+                    report.columnar = dict(read_by.columnar)
+                    report.arrow_rows = read_by.arrow_rows
+                    report.path = "arrow" if read_by.arrow_rows else "row"
             if not options.dry_run:
                 writer.finish()  # before the source's finish, which may archive what was read
             if options.strict and report.warnings:

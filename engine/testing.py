@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from jsonschema import Draft202012Validator
 
+from engine import arrow_read
 from engine.errors import RecordError, RunFailed
 from engine.interfaces import (
     CREATE,
@@ -38,12 +39,14 @@ from engine.interfaces import (
     UPDATE,
     Acknowledging,
     Change,
+    ColumnBlock,
     Delivery,
     Destination,
     DestinationStream,
     Outcome,
     PushEvent,
     PushSource,
+    ReadsColumns,
     ReadsRows,
     RowBlock,
     RunInfo,
@@ -233,11 +236,20 @@ class SourceCheck:
     """The stream's ``whole`` after the read (``None``: the stream does not say; the engine then takes a
     read without a cursor as whole)."""
     warnings: list[str] = field(default_factory=list)
+    columnar: bool = False
+    """Whether the stream can also be read in columns (:class:`~engine.interfaces.ReadsColumns`)."""
 
 
-def _zipped(blocks: Iterator[RowBlock]) -> Iterator[dict[str, Any] | RecordError]:
-    """The records of a :class:`~engine.interfaces.ReadsRows` read, as the engine makes them."""
-    for header, rows in blocks:
+def _zipped(blocks: Iterator[RowBlock | ColumnBlock]) -> Iterator[dict[str, Any] | RecordError]:
+    """The records of a :class:`~engine.interfaces.ReadsRows` (or ``ReadsColumns``) read, as the engine makes them."""
+    for header, block in blocks:
+        if arrow_read.is_batch(block):
+            batch: Any = block
+            if batch.num_columns != len(header):
+                raise AssertionError(f"read_columns() gave {batch.num_columns} columns under a header of {len(header)}")
+            yield from arrow_read.records(header, batch)
+            continue
+        rows: Iterator[list[str] | RecordError] = block
         for row in rows:
             if isinstance(row, RecordError):
                 yield row
@@ -254,8 +266,16 @@ def _read(source: Source[Any], options: object, base_dir: Path, run: int, cursor
     stream: SourceStream = source.open_stream(options, stream_context(base_dir, run=run, key_fields=key_fields,
                                                                       warnings=result.warnings))
     # The second read of a ReadsRows stream goes through read_rows: its rows, zipped with their headers,
-    # must be the records read() gives.
-    rows = _zipped(stream.read_rows(cursor)) if run == 2 and isinstance(stream, ReadsRows) else stream.read(cursor)
+    # must be the records read() gives; a fourth, of a ReadsColumns stream with pyarrow installed, through
+    # read_columns.
+    result.columnar = isinstance(stream, ReadsColumns) and arrow_read.available()
+    rows: Iterator[dict[str, Any] | RecordError]
+    if run == 2 and isinstance(stream, ReadsRows):
+        rows = _zipped(stream.read_rows(cursor))
+    elif run == 4 and result.columnar:
+        rows = _zipped(cast(ReadsColumns, stream).read_columns(cursor))
+    else:
+        rows = stream.read(cursor)
     if not isinstance(rows, Iterator):
         raise AssertionError(f"{where}: read() returned a {type(rows).__name__}; return an iterator (a generator) "
                              "so records stream")
@@ -326,6 +346,14 @@ def check_source(adapter: str | AdapterSpec, config: object, options: object,
         if len(second.errors) != len(first.errors):
             raise AssertionError(f"{where}: the second read had {len(second.errors)} record errors, the first "
                                  f"{len(first.errors)}")
+        if second.columnar:
+            fourth = _read(source, opts, base_dir, 4, None, key_fields, f"{where}, read in columns")
+            _same(fourth.records, first.records, ordered,
+                  f"{where}: a read in columns (read_columns) differs from read(); read in columns")
+            theirs, ours = [str(e) for e in fourth.errors], [str(e) for e in first.errors]
+            if theirs != ours:
+                raise AssertionError(f"{where}: a read in columns had other record errors than read(): "
+                                     f"{theirs[:3]} against {ours[:3]}")
         if first.cursor is not None:
             third = _read(source, opts, base_dir, 3, first.cursor, key_fields, f"{where}, read from its cursor")
             if after_cursor is not None:

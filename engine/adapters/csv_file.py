@@ -144,7 +144,9 @@ class CsvStream(LocalFilesStream):
                 yield header, batch
                 given += batch.num_rows
                 self.arrow_rows += batch.num_rows
-        except arrow_read.ArrowInvalid as exc:
+        except Exception as exc:
+            if not arrow_read.is_arrow_error(exc):
+                raise
             # The rest of the file, from the first row not given out, as the Python reader reads it.
             self.columnar[path.name] = (f"Arrow read {given} rows, the Python reader the rest: "
                                         f"{str(exc).splitlines()[0]}")

@@ -1,15 +1,22 @@
 """One benchmark job: measured in a fresh process, or profiled.
 
     python -m benchmarks.job engine --input day1.csv --db dest.db --state state.db
+    python -m benchmarks.job engine_rows --input day1.csv --db dest.db --state state.db
     python -m benchmarks.job floor  --input day1.csv --db dest.db --state state.db
     python -m benchmarks.job http   --input day1.csv --url http://127.0.0.1:PORT/loads --state state.db
     python -m benchmarks.job profile --rows 100000 --task T2 [--py-spy] [--out FILE]
 
-Measured (``engine``, ``floor``, ``http``): the job runs alone in its process, so its peak RSS and
-I/O counters are its own; everything is imported before the clock starts and the clock stops when
-the job returned. It prints one JSON line: seconds, the sync's counts, peak RSS and the process's
+Measured (``engine``, ``engine_rows``, ``floor``, ``http``): the job runs alone in its process, so its
+peak RSS and I/O counters are its own; everything is imported before the clock starts and the clock
+stops when the job returned. It prints one JSON line: seconds, the sync's counts, peak RSS and the process's
 ``/proc/self/io`` write counters (``wchar`` = bytes handed to ``write``; ``write_bytes`` = bytes sent
 to storage), which cover the state database as well as the destination.
+
+``engine`` applies ``loads_pipeline.yml`` as it is: with pyarrow installed the engine reads the CSV
+with its Arrow read. ``engine_rows`` applies the same pipeline with ``arrow: false`` in its sync, so the
+engine reads rows with Python's ``csv`` module (its row path); the variant is written next to the state
+file (``loads_pipeline.rows.yml``) before the clock starts. The JSON line says which path was taken
+(``path``: ``arrow`` or ``row``, from the engine's sync summary).
 
 Peak RSS is ``VmHWM`` from ``/proc/self/status``, read by the job itself at its end: the high-water
 mark of this process's own memory since its ``exec``. ``ru_maxrss`` is reported beside it
@@ -40,6 +47,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PIPELINES = {"engine": HERE / "loads_pipeline.yml", "http": HERE / "http_pipeline.yml"}
+ROW_PATH_PIPELINE = "loads_pipeline.rows.yml"
+SCOPE_LINE = "    scope: snapshot"  # a key of the sync block; the row-path variant adds ``arrow: false`` after it
 
 
 def io_counters() -> dict[str, int]:
@@ -63,8 +72,34 @@ def vm_hwm_kb() -> int | None:
     return None
 
 
-def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The engine's run of the benchmark pipeline (``engine.api.apply``)."""
+def row_path_pipeline(folder: Path) -> Path:
+    """``loads_pipeline.yml`` with ``arrow: false`` in its sync (the engine's row path), written into ``folder``.
+
+    The same text every time: the line ``    arrow: false`` inserted after ``    scope: snapshot``.
+    """
+    lines = PIPELINES["engine"].read_text(encoding="utf-8").splitlines(keepends=True)
+    found = [number for number, line in enumerate(lines) if line.rstrip() == SCOPE_LINE]
+    if len(found) != 1:
+        raise SystemExit(f"{PIPELINES['engine'].name}: expected one {SCOPE_LINE.strip()!r} line, found {len(found)}")
+    lines[found[0]] = lines[found[0]].rstrip("\r\n") + "\n"
+    lines.insert(found[0] + 1, "    arrow: false\n")
+    variant = "".join(lines)
+    path = folder / ROW_PATH_PIPELINE
+    if not path.is_file() or path.read_text(encoding="utf-8") != variant:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(variant, encoding="utf-8")
+    return path
+
+
+def pipeline_for(kind: str, args: argparse.Namespace) -> Path:
+    """The pipeline a measured engine job applies: ``engine_rows``'s variant is written next to ``--state``."""
+    if kind == "engine_rows":
+        return row_path_pipeline(Path(args.state).resolve().parent)
+    return PIPELINES[kind]
+
+
+def run_engine(pipeline: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's run of a benchmark pipeline (``engine.api.apply``)."""
     from engine.api import apply
 
     os.environ["BENCH_INPUT"] = str(Path(args.input).resolve())
@@ -73,7 +108,7 @@ def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.url:
         os.environ["BENCH_URL"] = args.url
     started = time.perf_counter()
-    report = apply(PIPELINES[kind], state=str(Path(args.state).resolve()))
+    report = apply(pipeline, state=str(Path(args.state).resolve()))
     seconds = time.perf_counter() - started
     data = report.to_dict()
     sync = data["syncs"]["loads"]
@@ -148,9 +183,9 @@ def profile(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one job: print its measurements as one JSON line, or its profile."""
     parser = argparse.ArgumentParser(description="Run one benchmark job, measured or profiled.")
-    parser.add_argument("kind", choices=("engine", "floor", "http", "profile"))
+    parser.add_argument("kind", choices=("engine", "engine_rows", "floor", "http", "profile"))
     parser.add_argument("--input", help="the CSV export (measured jobs)")
-    parser.add_argument("--db", help="the destination database (engine, floor)")
+    parser.add_argument("--db", help="the destination database (engine, engine_rows, floor)")
     parser.add_argument("--url", help="the endpoint (http)")
     parser.add_argument("--state", help="the state database (measured jobs)")
     parser.add_argument("--rows", type=int, default=100000, help="profile: the size")
@@ -162,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         return profile(args)
     if not args.input or not args.state:
         parser.error("--input and --state are required for a measured job")
+    pipeline = None
     if args.kind != "floor":
-        # Import the engine before the clock starts, so start-up is not counted.
+        # Import the engine and write the pipeline before the clock starts, so neither is counted.
         import engine.api  # noqa: F401
 
+        pipeline = pipeline_for(args.kind, args)
+
     before = io_counters()
-    result = run_floor(args) if args.kind == "floor" else run_engine(args.kind, args)
+    result = run_floor(args) if pipeline is None else run_engine(pipeline, args)
     after = io_counters()
     hwm = vm_hwm_kb()
     result["ru_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -6,18 +6,23 @@
 
 Per size: T1 initial load, T2 the same file again, T3 the day-2 file; every job runs in a fresh
 process, the jobs of one task interleaved (the order rotates every repetition), repeated ``--repeat``
-times. The jobs: the engine and the floor (``benchmarks/job.py``), the ``sqlite3`` shell
-(``benchmarks/shell_floor.py``) and dlt's Arrow path into DuckDB (``benchmarks/dlt_job.py``, in a
-virtual environment of its own that ``benchmarks/peers.py`` makes on first use); ``--peers`` picks the
-last two. Each job reports its own time (imports excluded) and peak RSS (its ``VmHWM``); the driver
-adds the whole process's wall time, spawn to exit. Then a per-record HTTP run against a loopback
-endpoint. It prints Markdown tables; ``--update-readme`` also writes them into
-``benchmarks/README.md``. Raw figures go to ``benchmarks/work/results.json``.
+times. The jobs: the engine (as it runs by default: with its Arrow read where pyarrow is installed),
+the engine on its row path (``engine_rows``: the same pipeline with ``arrow: false``; measured when
+pyarrow is importable here, since otherwise the default run is the row path already) and the floor
+(``benchmarks/job.py``), the ``sqlite3`` shell (``benchmarks/shell_floor.py``) and dlt's Arrow path
+into DuckDB (``benchmarks/dlt_job.py``, in a virtual environment of its own that
+``benchmarks/peers.py`` makes on first use); ``--peers`` picks the last two. Each job reports its
+own time (imports excluded) and peak RSS (its ``VmHWM``); the driver adds the whole process's wall
+time, spawn to exit. Then a per-record HTTP run against a loopback endpoint. It prints Markdown
+tables; ``--update-readme`` also writes them into ``benchmarks/README.md``. Raw figures go to
+``benchmarks/work/results.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -44,10 +49,14 @@ from benchmarks.report import render, update_readme
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TASKS = ("T1", "T2", "T3")
-KINDS = ("engine", "floor", "shell", "dlt")
+KINDS = ("engine", "engine_rows", "floor", "shell", "dlt")
 PEERS = ("shell", "dlt")
+# The engine as it runs by default, and on its row path (``arrow: false``); both are ``benchmarks/job.py``.
+ENGINES = ("engine", "engine_rows")
 # The kinds whose counts are creates/updates/deletes and which must leave the destination alone in T2.
-EXACT = ("engine", "floor", "shell")
+EXACT = ("engine", "engine_rows", "floor", "shell")
+# The kinds whose table is compared with the floor's, and row by row before and after T3.
+ROW_CHECKED = ("engine", "engine_rows", "shell")
 
 
 class JobFailed(RuntimeError):
@@ -65,7 +74,7 @@ def child(kind: str, input_path: Path, files: dict[str, Path], peers: dict[str, 
     stdin = None
     env = None
     cwd = ROOT
-    if kind in ("engine", "floor"):
+    if kind in (*ENGINES, "floor"):
         cmd = [sys.executable, "-m", "benchmarks.job", kind, "--input", str(input_path), "--db", str(files["db"]),
                "--state", str(files["state"])]
     elif kind == "shell":
@@ -109,8 +118,13 @@ def expected_counts(data: Dataset, task: str) -> dict[str, int]:
 
 
 def _check(kind: str, task: str, data: Dataset, result: dict[str, Any]) -> list[str]:
-    """The generator's counts (and for T2 the untouched destination) against one job's result."""
+    """The generator's counts (and for T2 the untouched destination) against one job's result.
+
+    ``engine_rows`` must also say it took the row path: otherwise it measured the Arrow read again.
+    """
     problems = []
+    if kind == "engine_rows" and result.get("path") != "row":
+        problems.append(f"{data.rows} {task} {kind}: the engine took the {result.get('path')} path, not the row path")
     if kind in EXACT:
         want = expected_counts(data, task)
         got = {k: result["counts"].get(k) for k in want}
@@ -133,7 +147,7 @@ def _check_tables(data: Dataset, folder: Path, kinds: list[str], peers: dict[str
     checks: dict[str, Any] = {}
     floor_db = _files("floor", folder)["db"]
     truth = {"changed": set(data.changed), "added": set(data.added), "removed": set(data.removed)}
-    for kind in (k for k in kinds if k in ("engine", "shell")):
+    for kind in (k for k in kinds if k in ROW_CHECKED):
         db = _files(kind, folder)["db"]
         equal = tables_equal(db, floor_db)
         checks[kind] = {"equal_to_floor": equal}
@@ -169,7 +183,8 @@ def _check_tables(data: Dataset, folder: Path, kinds: list[str], peers: dict[str
 
 def run_size(data: Dataset, repeat: int, work: Path, peers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """All repetitions of T1, T2, T3 at one size, every kind's jobs interleaved."""
-    kinds = ["engine", "floor"] + [k for k in PEERS if peers[k]["status"] == "ok"]
+    rows_arm = ["engine_rows"] if peers.get("engine_rows", {}).get("status") == "ok" else []
+    kinds = ["engine", *rows_arm, "floor"] + [k for k in PEERS if peers[k]["status"] == "ok"]
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {t: {k: [] for k in kinds} for t in TASKS}
     problems: list[str] = []
     failed: dict[str, str] = {}
@@ -186,13 +201,13 @@ def run_size(data: Dataset, repeat: int, work: Path, peers: dict[str, dict[str, 
                     continue
                 files = _files(kind, folder)
                 logs = (".wal",) if kind == "dlt" else ("-wal",)
-                if task == "T3" and rep == repeat - 1 and kind in ("engine", "shell"):
+                if task == "T3" and rep == repeat - 1 and kind in ROW_CHECKED:
                     copy_database(files["db"], folder / f"{kind}.before_t3.db")
                 before = destination_fingerprint(files["db"], logs)
                 try:
                     result = child(kind, source, files, peers)
                 except JobFailed as exc:
-                    if kind in ("engine", "floor"):
+                    if kind in (*ENGINES, "floor"):
                         raise
                     # A peer that fails is reported and left out of the rest of this size.
                     failed[kind] = str(exc)[:600]
@@ -233,19 +248,47 @@ def summarise(size: dict[str, Any]) -> list[dict[str, Any]]:
                          "wchar": statistics.median(r.get("io", {}).get("wchar", 0) for r in results),
                          "counts": results[0]["counts"], "all_seconds": [r["seconds"] for r in results],
                          "all_whole_seconds": [r["whole_seconds"] for r in results]}
-            if kind == "engine":
+            if kind in ENGINES:
                 row[kind]["path"] = results[0].get("path", "row")
         row["ratio"] = row["engine"]["seconds"] / row["floor"]["seconds"]
-        row["ratios"] = {peer: {"in_process": row["engine"]["seconds"] / row[peer]["seconds"],
-                                "whole": row["engine"]["whole_seconds"] / row[peer]["whole_seconds"]}
-                         for peer in ("floor", *PEERS) if peer in row}
+        row["ratios"] = _ratios(row, "engine")
+        if "engine_rows" in row:
+            row["ratio_rows"] = row["engine_rows"]["seconds"] / row["floor"]["seconds"]
+            row["ratios_rows"] = _ratios(row, "engine_rows")
         out.append(row)
     return out
 
 
+def _ratios(row: dict[str, Any], kind: str) -> dict[str, dict[str, float]]:
+    """One engine kind's seconds over the floor's and each measured peer's, in the process and whole."""
+    return {peer: {"in_process": row[kind]["seconds"] / row[peer]["seconds"],
+                   "whole": row[kind]["whole_seconds"] / row[peer]["whole_seconds"]}
+            for peer in ("floor", *PEERS) if peer in row}
+
+
+def row_path_status() -> dict[str, Any]:
+    """Whether the engine's row path (``engine_rows``) runs beside its default run, and why not.
+
+    Only with pyarrow importable in this interpreter (the one the jobs run in) does the default run
+    take the Arrow read; without it the default run is the row path already, and a second arm would
+    measure the same thing twice.
+    """
+    if importlib.util.find_spec("pyarrow") is None:
+        return {"status": "skipped", "reason": "pyarrow is not importable in this interpreter, so the engine's "
+                                                "default run already takes the row path"}
+    try:
+        version = importlib.metadata.version("pyarrow")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return {"status": "ok", "pyarrow": version}
+
+
 def find_peers(wanted: list[str]) -> dict[str, dict[str, Any]]:
-    """Each peer's status: ready (with its program and versions), not asked for, or unavailable and why."""
-    peers: dict[str, dict[str, Any]] = {}
+    """Each peer's status: ready (with its program and versions), not asked for, or unavailable and why.
+
+    ``engine_rows`` (the engine's row path, not a peer, never left out by ``--peers``) is there too.
+    """
+    peers: dict[str, dict[str, Any]] = {"engine_rows": row_path_status()}
     for name in PEERS:
         if name not in wanted:
             peers[name] = {"status": "skipped", "reason": "not asked for (--peers)"}
@@ -283,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     peers = find_peers(wanted)
     for name, peer in peers.items():
         if peer["status"] != "ok":
-            print(f"-- peer {name}: {peer['status']}: {peer.get('reason', '')}", file=sys.stderr, flush=True)
+            what = "peer " if name in PEERS else ""
+            print(f"-- {what}{name}: {peer['status']}: {peer.get('reason', '')}", file=sys.stderr, flush=True)
     summaries: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
     problems: list[str] = []
@@ -297,8 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         for row in summaries[-len(TASKS):]:
             times = ", ".join(f"{k} {row[k]['seconds']:.3f}/{row[k]['whole_seconds']:.3f}s"
                               for k in KINDS if k in row)
-            print(f"   {row['task']}: {times} (in-process/whole), engine/floor {row['ratio']:.2f}x, "
-                  f"engine RSS {row['engine']['maxrss_mb']:.0f} MB", file=sys.stderr, flush=True)
+            rows_arm = (f", engine_rows/floor {row['ratio_rows']:.2f}x, engine_rows RSS "
+                        f"{row['engine_rows']['maxrss_mb']:.0f} MB" if "engine_rows" in row else "")
+            print(f"   {row['task']}: {times} (in-process/whole), engine ({row['engine']['path']})/floor "
+                  f"{row['ratio']:.2f}x, engine RSS {row['engine']['maxrss_mb']:.0f} MB{rows_arm}",
+                  file=sys.stderr, flush=True)
         # Kept as it goes, so a long run that is stopped still leaves what it measured.
         (work / "results.partial.json").write_text(json.dumps({"summaries": summaries, "problems": problems},
                                                               indent=1, default=str), encoding="utf-8")

@@ -1,8 +1,11 @@
 """The benchmark at 10k rows, for correctness only (never timing): the engine's counts against the
 generator's truth, an unchanged rerun that leaves the destination file untouched, and the engine's
 table equal to the hand-written floor's after the day-2 file; the sqlite3-shell floor the same way
-(the ``sqlite3`` program, which .ci/run installs); a child's peak RSS its own; the report's peer lines.
-Nothing here needs dlt or the network: the dlt peer runs only in ``python -m benchmarks.run``."""
+(the ``sqlite3`` program, which .ci/run installs); both engine kinds of the benchmark run in fresh
+processes as ``benchmarks/run.py`` runs them, the default one taking the Arrow read (pyarrow is a test
+dependency) and ``engine_rows`` the row path (``arrow: false``); a child's peak RSS its own; the
+report's peer lines. Nothing here needs dlt or the network: the dlt peer runs only in
+``python -m benchmarks.run``."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from engine.api import apply
 
 if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
-from benchmarks import floor, report, run, shell_floor  # noqa: E402
+from benchmarks import floor, job, report, run, shell_floor  # noqa: E402
 from benchmarks.generate import Dataset, generate, generate_apart, load  # noqa: E402
 from benchmarks.measure import (  # noqa: E402
     Endpoint,
@@ -101,6 +104,60 @@ def test_engine_counts_match_the_generator(dataset: Dataset, tmp_path: Path,
                   if line.startswith("L0000002,")).split(",")
     assert row == (source[5].upper(), source[7].upper(), f"{source[5].upper()}-{source[7].upper()}",
                    int(source[10].replace(".", "")), int(source[11]), source[9] or None)
+
+
+def test_the_row_path_pipeline_adds_one_line(tmp_path: Path) -> None:
+    path = job.row_path_pipeline(tmp_path / "work")
+    lines = PIPELINE.read_text(encoding="utf-8").splitlines()
+    at = lines.index("    scope: snapshot") + 1
+    assert path.read_text(encoding="utf-8").splitlines() == [*lines[:at], "    arrow: false", *lines[at:]]
+    written = path.stat().st_mtime_ns
+    assert job.row_path_pipeline(tmp_path / "work") == path and path.stat().st_mtime_ns == written
+
+
+@pytest.mark.timeout(90)
+def test_both_engine_kinds_run_as_the_benchmark_runs_them(dataset: Dataset, tmp_path: Path) -> None:
+    """T1/T2/T3 of the engine (Arrow read), the engine on its row path and the floor, each job in a
+    fresh process and checked by ``run.run_size`` itself; the report then has a column for each."""
+    peers = {"engine_rows": run.row_path_status(), "shell": {"status": "skipped", "reason": "its own test"},
+             "dlt": {"status": "skipped", "reason": "not asked for"}}
+    assert peers["engine_rows"]["status"] == "ok", "pyarrow is a test dependency: the row path is measured apart"
+    size = run.run_size(dataset, 1, tmp_path, peers)
+    assert size["problems"] == [] and size["failed"] == {}
+
+    for task in run.TASKS:
+        want = run.expected_counts(dataset, task)
+        read = dataset.day2_rows if task == "T3" else ROWS
+        for kind, path in (("engine", "arrow"), ("engine_rows", "row")):
+            (result,) = size["runs"][task][kind]
+            assert {k: result["counts"][k] for k in want} == want, (task, kind)
+            assert result["counts"]["read"] == read and result["counts"]["errors"] == 0
+            assert result["path"] == path, f"{task} {kind} took the {result['path']} path"
+    for kind in ("engine", "engine_rows", "floor"):
+        (t2,) = size["runs"]["T2"][kind]
+        assert not t2["dest_delta"]["changed"], f"an unchanged rerun of {kind} touched the destination"
+    for kind in ("engine", "engine_rows"):
+        assert size["checks"][kind] == {"equal_to_floor": True, "t3_rows_exact": True}, kind
+    folder = tmp_path / str(ROWS)
+    assert tables_equal(folder / "engine_rows.db", folder / "floor.db")
+    assert tables_equal(folder / "engine.db", folder / "engine_rows.db")
+
+    summaries = run.summarise(size)
+    assert all(row["ratio_rows"] > 0 and "floor" in row["ratios_rows"] for row in summaries)
+    text = report.render(summaries, None, {"nproc": "2", "cpu": "x", "memory": "1 GiB", "os": "Linux",
+                                           "python": "3", "sqlite": "3", "commit": "abc"},
+                         "python -m benchmarks.run", size["problems"], peers)
+    assert "| engine (Arrow read) s (in-process / whole) | engine, row path s (in-process / whole) |" in text
+    assert "- T1 at 10,000 rows: engine (row path, `arrow: false`)/floor " in text
+    assert "- T1 at 10,000 rows: engine (Arrow read)/floor " in text
+    both = "engine (Arrow read), engine (row path, `arrow: false`)"
+    for line in (f"- T2 writes nothing to the destination database ({both}): met",
+                 f"- T1/T2/T3 counts equal the generator's (T3: changed, added, removed; {both}, floor, sqlite3 "
+                 f"shell): met",
+                 "- engine (Arrow read)'s table equals the floor's after T3: met",
+                 "- engine (row path, `arrow: false`)'s table equals the floor's after T3: met",
+                 "- engine (row path, `arrow: false`) said it took the row path in every run: met"):
+        assert line in text
 
 
 def test_tables_equal_notices_a_difference(dataset: Dataset, tmp_path: Path) -> None:
@@ -201,23 +258,54 @@ def test_generation_runs_in_its_own_process(tmp_path: Path) -> None:
 
 
 def test_report_shows_both_times_every_peer_and_the_targets() -> None:
-    def cell(seconds: float, whole: float) -> dict[str, object]:
+    def cell(seconds: float, whole: float, path: str = "row") -> dict[str, object]:
         return {"seconds": seconds, "whole_seconds": whole, "per_second": 1000 / seconds, "maxrss_mb": 50.0,
-                "dest_changed": False, "dest_bytes": 0, "all_seconds": [seconds], "path": "row"}
+                "dest_changed": False, "dest_bytes": 0, "all_seconds": [seconds], "path": path}
 
+    machine = {"nproc": "2", "cpu": "x", "memory": "1 GiB", "os": "Linux", "python": "3", "sqlite": "3",
+               "commit": "abc"}
+    # Without pyarrow: the default run is the row path, and there is no second engine kind.
     rows = []
     for task in ("T1", "T2", "T3"):
         row: dict[str, object] = {"rows": 1000, "task": task, "engine": cell(2.0, 3.0), "floor": cell(1.0, 1.5),
                                   "shell": cell(0.5, 0.5), "ratio": 2.0}
         row["ratios"] = {"floor": {"in_process": 2.0, "whole": 2.0}, "shell": {"in_process": 4.0, "whole": 6.0}}
         rows.append(row)
-    peers = {"shell": {"status": "ok", "binary": "/usr/bin/sqlite3", "version": "3.40.1"},
+    peers = {"engine_rows": {"status": "skipped", "reason": "pyarrow is not importable in this interpreter"},
+             "shell": {"status": "ok", "binary": "/usr/bin/sqlite3", "version": "3.40.1"},
              "dlt": {"status": "unavailable", "reason": "pip install failed (exit 1): no network"}}
-    text = report.render(rows, None, {"nproc": "2", "cpu": "x", "memory": "1 GiB", "os": "Linux", "python": "3",
-                                      "sqlite": "3", "commit": "abc"}, "python -m benchmarks.run", [], peers)
-    assert "| 1,000 | T1 | 2.000 / 3.000 | 1.000 / 1.500 | 0.500 / 0.500 | not measured | 2.00x / 2.00x | " \
-           "4.00x / 6.00x | not measured |" in text
+    text = report.render(rows, None, machine, "python -m benchmarks.run", [], peers)
+    assert "| rows | task | engine (row path) s (in-process / whole) | engine, row path s (in-process / whole) |" \
+           in text
+    assert "| 1,000 | T1 | 2.000 / 3.000 | not measured | 1.000 / 1.500 | 0.500 / 0.500 | not measured | " \
+           "2.00x / 2.00x | not measured | 4.00x / 6.00x | not measured |" in text
+    assert "- engine, row path: not measured: pyarrow is not importable in this interpreter" in text
     assert "- dlt Arrow: not measured: pip install failed (exit 1): no network" in text
-    assert "- T2 at 1,000 rows: engine/floor 2.00x in the process (2.00x whole process) (target <= 0.8x, row path): " \
-           "NOT met" in text
-    assert "not measured: the engine has no Arrow path yet" in text
+    assert "- T2 at 1,000 rows: engine (row path)/floor 2.00x in the process (2.00x whole process) (target <= 0.8x, " \
+           "row path): NOT met" in text
+    assert "- T1/T2/T3 of the engine on the row path (`arrow: false`) beside its default run: not measured: " \
+           "pyarrow is not importable" in text
+    assert "not measured: the engine's default run took the row path, not its Arrow read" in text
+
+    # With pyarrow: the default run takes the Arrow read, the row path is its own column, dlt is measured.
+    for row in rows:
+        row["engine"] = cell(0.5, 1.0, "arrow")
+        row["engine_rows"] = cell(1.1, 1.6)
+        row["dlt"] = cell(1.0, 2.0)
+        row["ratios"] = {"floor": {"in_process": 0.5, "whole": 0.67}, "dlt": {"in_process": 0.5, "whole": 0.5}}
+        row["ratios_rows"] = {"floor": {"in_process": 1.1, "whole": 1.07}}
+    peers["engine_rows"] = {"status": "ok", "pyarrow": "26.0.1"}
+    text = report.render(rows, None, machine, "python -m benchmarks.run", [], peers)
+    assert "| 1,000 | T1 | 0.500 / 1.000 | 1.100 / 1.600 | 1.000 / 1.500 | 0.500 / 0.500 | 1.000 / 2.000 | " \
+           "0.50x / 0.67x | 1.10x / 1.07x | not measured | 0.50x / 0.50x |" in text
+    assert "| engine (Arrow read) peak RSS | engine, row path peak RSS |" in text
+    assert "- engine, row path: the same pipeline with `arrow: false`" in text and "pyarrow 26.0.1" in text
+    assert "- T1 at 1,000 rows: engine (Arrow read)/floor 0.50x in the process (0.67x whole process) " \
+           "(target <= 1.2x, Arrow read): met" in text
+    assert "- T1 at 1,000 rows: engine (row path, `arrow: false`)/floor 1.10x in the process (1.07x whole process) " \
+           "(target <= 1.2x, row path): met" in text
+    assert "- T3 at 1,000 rows: engine (row path, `arrow: false`)/floor 1.10x in the process (1.07x whole process) " \
+           "(target <= 1.0x, row path): NOT met" in text
+    assert "- T1 at 1,000 rows: engine (Arrow read)/dlt's Arrow path 0.50x in the process (0.50x whole process) " \
+           "(target <= 1.0x, Arrow read): met" in text
+    assert "- engine (row path, `arrow: false`) peak RSS 50 MB (target <= 150 MB): met" in text

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import logging
 from collections.abc import Callable, Iterator
 from functools import cache
 from importlib.util import find_spec
@@ -56,6 +57,8 @@ def is_arrow_error(exc: BaseException) -> bool:
     return pa is not None and isinstance(exc, pa.ArrowException)
 
 
+log = logging.getLogger("syncengine")
+
 BLOCK_BYTES = 1 << 18
 """Bytes Arrow parses at a time (about 2,000 rows of a thirteen-column export). Arrow's memory pool grows to
 about forty times this during a read; 256 KiB keeps that near 10 MB at no cost in speed."""
@@ -67,8 +70,19 @@ SCAN_BYTES = 1 << 20
 
 @cache
 def available() -> bool:
-    """Whether pyarrow is installed (without importing it)."""
-    return find_spec("pyarrow") is not None
+    """Whether pyarrow is installed and usable (imported on this first question, not before)."""
+    if find_spec("pyarrow") is None:
+        return False
+    try:
+        _load()
+        return all(hasattr(arrow_compute, name) for name in _KERNELS) and hasattr(arrow_csv, "open_csv")
+    except Exception:  # noqa: BLE001 - a broken install reads row by row, as without the extra
+        log.warning("pyarrow is installed but cannot be used; CSV files are read row by row", exc_info=True)
+        return False
+
+
+_KERNELS = ("binary_join_element_wise", "count_substring", "equal", "all", "indices_nonzero", "invert",
+            "max", "binary_length", "match_substring", "any")
 
 
 def columnar_refusal(path: Path, *, encoding: str, delimiter: str, quotechar: str,
@@ -86,8 +100,8 @@ def columnar_refusal(path: Path, *, encoding: str, delimiter: str, quotechar: st
         return "the file has a single column"
     if delimiter in "\r\n" or quotechar in "\r\n":
         return "the delimiter or quote character is a line break"
-    if len(delimiter.encode("utf-8")) != 1:
-        return "the delimiter is not a single byte in UTF-8"
+    if not delimiter.isascii() or delimiter == "\x00":
+        return "the delimiter is not an ASCII character other than NUL (Arrow takes no other)"
     quote = quotechar.encode("utf-8")
     try:
         with path.open("rb") as handle:
@@ -108,7 +122,8 @@ def columnar_refusal(path: Path, *, encoding: str, delimiter: str, quotechar: st
     return None
 
 
-def batches(path: Path, *, delimiter: str, width: int, has_header: bool) -> Iterator[Any]:
+def batches(path: Path, *, delimiter: str, width: int, has_header: bool,
+            quotechar: str | None = None) -> Iterator[Any]:
     """The file's rows as ``pyarrow.RecordBatch`` es of ``width`` text columns named ``0``, ``1``, ...
 
     Raises ``pyarrow.ArrowInvalid`` where Arrow cannot read on (the caller goes on with the Python
@@ -136,6 +151,10 @@ def batches(path: Path, *, delimiter: str, width: int, has_header: bool) -> Iter
                 longest = arrow_compute.max(arrow_compute.binary_length(column)).as_py()
                 if longest is not None and longest > limit:
                     raise pa.ArrowInvalid(f"a field is longer than {limit} bytes (csv.field_size_limit)")
+                quoted = quotechar is not None and arrow_compute.any(arrow_compute.match_substring(column, quotechar))
+                if quoted and quoted.as_py():
+                    # The scan found none: the file was rewritten since. Python's reader reads it from here.
+                    raise pa.ArrowInvalid("a quote character appeared after the file was scanned")
             yield batch
 
 
@@ -172,7 +191,16 @@ def records(header: list[str], batch: Any) -> Iterator[dict[str, Any]]:
         yield dict(zip(header, values, strict=True))
 
 
-def taken(payload: tuple[Any, list[str]], indices: list[int]) -> Iterator[dict[str, Any]]:
+class ArrowRows:
+    """An Arrow batch and its header, as the sift keeps them for the rows it may still have to map."""
+
+    __slots__ = ("batch", "header")
+
+    def __init__(self, batch: Any, header: list[str]) -> None:
+        self.batch = batch
+        self.header = header
+
+
+def taken(rows: ArrowRows, indices: list[int]) -> Iterator[dict[str, Any]]:
     """Rows of a batch by their places, as dicts (one ``take`` for all of them)."""
-    batch, header = payload
-    yield from records(header, batch.take(pa.array(indices, pa.int64())))
+    yield from records(rows.header, rows.batch.take(pa.array(indices, pa.int64())))

@@ -485,7 +485,8 @@ class Engine:
             if replay is None and state.keeps_raw:
                 skip, why = self.raw_skip(sync, run)
                 report.raw_skip = why or None
-            columnar = skip is not None and sync.arrow and arrow_read.available() and isinstance(source, ReadsColumns)
+            columnar = (skip is not None and sync.arrow and isinstance(source, ReadsColumns)
+                        and arrow_read.available())
             try:
                 SyncLoop(self, sync, state, report, writer, options).run(source, mapping, cursor,
                                                                          replaying=replay is not None, skip=skip,

@@ -136,12 +136,12 @@ def _record(entry: tuple[bytes, Any, Any]) -> dict[str, Any]:
 
 
 def _records(entries: list[tuple[bytes, Any, Any]]) -> Iterator[dict[str, Any]]:
-    """Sifted records in order; the rows of one Arrow batch (``(index, (batch, header))``) are taken together."""
+    """Sifted records in order; the rows of one Arrow batch (``(index, ArrowRows)``) are taken together."""
     taking: Any = None
     indices: list[int] = []
     for entry in entries:
         payload = entry[2]
-        if payload.__class__ is tuple:
+        if payload.__class__ is arrow_read.ArrowRows:
             if payload is not taking:
                 if indices:
                     yield from arrow_read.taken(taking, indices)
@@ -348,12 +348,12 @@ class SyncLoop:
             if acknowledging is not None and unchanged:
                 acknowledging.acknowledge(list(_records([e for key, e in buffer.items() if key not in changed])))
             if changed:
-                entries = []
-                for key, entry in buffer.items():
-                    if key in changed:
-                        raw_of[key] = entry[0]
-                        entries.append(entry)
-                yield from _records(entries)
+                entries = [entry for key, entry in buffer.items() if key in changed]
+                for key, record in zip((k for k in buffer if k in changed), _records(entries), strict=True):
+                    # Only now, record by record: the loop may flush (and commit raw hashes) between two of them,
+                    # and an earlier record of this key in that flush must not be committed with this one's hash.
+                    raw_of[key] = buffer[key][0]
+                    yield record
             buffer.clear()
 
         def full() -> Iterator[dict[str, Any]]:
@@ -376,7 +376,7 @@ class SyncLoop:
                         continue
                     at = header.index(column)
                     hashes = arrow_read.row_hashes(rows, skip.keyed_hash(header), skip.row_hasher(header))
-                    payload = (rows, header)
+                    payload = arrow_read.ArrowRows(rows, header)
                     for i, key in enumerate(rows.column(at).to_pylist()):
                         total += 1
                         if key:

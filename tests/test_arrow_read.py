@@ -8,6 +8,7 @@ Each file is read both ways by the CSV source's own stream: ``read_rows`` (Pytho
 from __future__ import annotations
 
 import csv
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,14 @@ import pytest
 from conftest import apply_json, counts, rows, syncengine
 
 from engine import arrow_read
+from engine.adapters import register_builtins
 from engine.adapters.csv_file import CsvConfig, CsvStream
+from engine.config import load_pipeline
 from engine.errors import RecordError, RunFailed
 from engine.purity import RawSkip
+from engine.runner import Engine, RunOptions
+
+register_builtins()
 
 HEADER = ["id", "name", "amount", "note"]
 SKIP = RawSkip(b"v" * 16, "id")
@@ -95,6 +101,8 @@ REFUSED = {
     "latin-1": ("id,name,amount,note\nL1,Zoë,1,x\n", {"encoding": "latin-1"}, "not UTF-8"),
     "mark with plain utf-8": ("\ufeffid,name,amount,note\nL1,a,1,x\n", {"encoding": "utf-8"}, "byte-order mark"),
     "one column": ("id\nL1\n\nL2\n", {}, "single column"),
+    "a NUL delimiter": ("id\x00name\nL1\x00a\n", {"delimiter": "\x00"}, "other than NUL"),
+    "a non-ASCII delimiter": ("id§name\nL1§a\n", {"delimiter": "§"}, "ASCII"),
 }
 
 
@@ -221,3 +229,39 @@ def test_plan_and_the_summary_say_which_read_a_sync_took(tmp_path: Path) -> None
     (tmp_path / "in.csv").write_text("id,name,amount,note\n" + many(30), encoding="utf-8")
     planned = syncengine("plan", path, cwd=tmp_path, env={"SYNCENGINE_LOG_FORMAT": "text"})
     assert planned.code == 0 and "Arrow" not in planned.out, planned.text
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "rows"])
+def test_a_run_stopped_between_batches_keeps_no_raw_hash_of_a_row_it_did_not_send(tmp_path: Path, arrow: bool) -> None:
+    """A key read twice in one run, stopped after the batch with its first row: its raw hash must be the sent row's,
+    so the next run sees the later value as a change (not as unchanged, which would keep the stale one for good)."""
+    path = pipeline(tmp_path, arrow)
+    path.write_text(path.read_text(encoding="utf-8").replace("    arrow:", "    batch_size: 3\n    arrow:"),
+                    encoding="utf-8")
+
+    def apply(text: str, stop_after_first_batch: bool = False) -> dict[str, tuple[str, int]]:
+        (tmp_path / "in.csv").write_text("id,name,amount,note\n" + text, encoding="utf-8")
+        stop = threading.Event()
+        options = RunOptions(stop=stop, progress=(lambda name, n: stop.set()) if stop_after_first_batch else None)
+        report = Engine(load_pipeline(path)).run(options)
+        assert report.syncs["loads"].status == ("interrupted" if stop_after_first_batch else "ok")
+        table = rows(tmp_path / "out.db", "SELECT id, name, cents FROM loads")
+        return {str(r[0]): (str(r[1]), int(str(r[2]))) for r in table}
+
+    apply("X1,x,0,n\nK,k,1,n\nA,a,0,n\nB,b,0,n\n")
+    # K comes twice; the run stops after the first batch (X1, K with 2, A), the later K (3) never sent.
+    assert apply("X1,x,1,n\nK,k,2,n\nbad,row,too,wide,x\nA,a,1,n\nB,b,1,n\nK,k,3,n\n", True)["K"] == ("K", 200)
+    assert apply("X1,x,1,n\nK,k,3,n\nA,a,1,n\nB,b,1,n\n")["K"] == ("K", 300)
+
+
+def test_a_quote_arriving_after_the_scan_stops_arrow_before_its_batch_is_given_out(tmp_path: Path) -> None:
+    """The scan found no quote, then the file was rewritten: the batch holding one is refused (the rest goes to
+    the Python reader), rather than read the way Arrow reads unquoted text."""
+    path = write(tmp_path / "in.csv", "id,name,amount,note\n" + many(5) + 'L9,"a,b",1\n')
+    given = []
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - pyarrow's own error class, checked below
+        for batch in arrow_read.batches(path, delimiter=",", width=4, has_header=True, quotechar='"'):
+            given.append(batch)
+    assert arrow_read.is_arrow_error(raised.value) and "quote character" in str(raised.value)
+    assert given == []

@@ -140,7 +140,7 @@ class CsvStream(LocalFilesStream):
         given = 0
         try:
             for batch in arrow_read.batches(path, delimiter=config.delimiter, width=len(header),
-                                            has_header=not config.header):
+                                            has_header=not config.header, quotechar=config.quotechar):
                 yield header, batch
                 given += batch.num_rows
                 self.arrow_rows += batch.num_rows

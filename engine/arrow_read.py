@@ -102,6 +102,8 @@ def columnar_refusal(path: Path, *, encoding: str, delimiter: str, quotechar: st
         return "the delimiter or quote character is a line break"
     if not delimiter.isascii() or delimiter == "\x00":
         return "the delimiter is not an ASCII character other than NUL (Arrow takes no other)"
+    if quotechar == SEPARATOR:
+        return "the quote character is \\x1f, which the read joins fields with"
     quote = quotechar.encode("utf-8")
     try:
         with path.open("rb") as handle:
@@ -123,8 +125,9 @@ def columnar_refusal(path: Path, *, encoding: str, delimiter: str, quotechar: st
 
 
 def batches(path: Path, *, delimiter: str, width: int, has_header: bool,
-            quotechar: str | None = None) -> Iterator[Any]:
-    """The file's rows as ``pyarrow.RecordBatch`` es of ``width`` text columns named ``0``, ``1``, ...
+            quotechar: str | None = None) -> Iterator[tuple[Any, Any]]:
+    """The file's rows as ``pyarrow.RecordBatch`` es of ``width`` text columns named ``0``, ``1``, ..., each
+    with its rows joined by ``\\x1f`` (one text array: the raw hashes are made from it).
 
     Raises ``pyarrow.ArrowInvalid`` where Arrow cannot read on (the caller goes on with the Python
     reader); a batch with a field longer than :func:`csv.field_size_limit` raises it too, before
@@ -147,25 +150,27 @@ def batches(path: Path, *, delimiter: str, width: int, has_header: bool,
         for batch in reader:
             if batch.num_rows == 0:
                 continue
-            for column in batch.columns:
-                longest = arrow_compute.max(arrow_compute.binary_length(column)).as_py()
-                if longest is not None and longest > limit:
-                    raise pa.ArrowInvalid(f"a field is longer than {limit} bytes (csv.field_size_limit)")
-                quoted = quotechar is not None and arrow_compute.any(arrow_compute.match_substring(column, quotechar))
-                if quoted and quoted.as_py():
-                    # The scan found none: the file was rewritten since. Python's reader reads it from here.
-                    raise pa.ArrowInvalid("a quote character appeared after the file was scanned")
-            yield batch
+            # The checks run on the rows joined (a handful of kernel calls a batch, not a few per column: each
+            # call costs tens of microseconds); a row no longer than the limit holds no field that is.
+            joined = arrow_compute.binary_join_element_wise(*batch.columns, SEPARATOR)
+            if arrow_compute.max(arrow_compute.binary_length(joined)).as_py() > limit:
+                for column in batch.columns:
+                    if arrow_compute.max(arrow_compute.binary_length(column)).as_py() > limit:
+                        raise pa.ArrowInvalid(f"a field is longer than {limit} bytes (csv.field_size_limit)")
+            if quotechar is not None and arrow_compute.any(arrow_compute.match_substring(joined, quotechar)).as_py():
+                # The scan found none: the file was rewritten since. Python's reader reads it from here.
+                raise pa.ArrowInvalid("a quote character appeared after the file was scanned")
+            yield batch, joined
 
 
-def row_hashes(batch: Any, new_hash: Callable[[], Any], fallback: Callable[[list[str]], bytes]) -> list[bytes]:
+def row_hashes(rows: ArrowRows, new_hash: Callable[[], Any], fallback: Callable[[list[str]], bytes]) -> list[bytes]:
     """Each row's raw hash, as :meth:`~engine.purity.RawSkip.row_hasher` makes it from the row's list.
 
     The row hasher joins a row's text with ``\\x1f`` and hashes the UTF-8 bytes when the row holds
     no ``\\x1f`` of its own; ``new_hash`` is that keyed hash, fresh. Arrow joins the columns; a row
     with a ``\\x1f`` in a field is hashed by ``fallback`` from its list.
     """
-    joined = arrow_compute.binary_join_element_wise(*batch.columns, SEPARATOR)
+    batch, joined = rows.batch, rows.joined
     separators = batch.num_columns - 1
     clean = arrow_compute.equal(arrow_compute.count_substring(joined, SEPARATOR), separators)
     hashes: list[bytes] = []
@@ -181,8 +186,8 @@ def row_hashes(batch: Any, new_hash: Callable[[], Any], fallback: Callable[[list
 
 
 def is_batch(rows: Any) -> bool:
-    """Whether a block's rows are an Arrow batch (a :data:`~engine.interfaces.ColumnBlock`)."""
-    return pa is not None and isinstance(rows, pa.RecordBatch)
+    """Whether a block's rows are Arrow's (:class:`ArrowRows`, a :data:`~engine.interfaces.ColumnBlock`)."""
+    return rows.__class__ is ArrowRows
 
 
 def records(header: list[str], batch: Any) -> Iterator[dict[str, Any]]:
@@ -192,13 +197,15 @@ def records(header: list[str], batch: Any) -> Iterator[dict[str, Any]]:
 
 
 class ArrowRows:
-    """An Arrow batch and its header, as the sift keeps them for the rows it may still have to map."""
+    """One Arrow batch of a file's rows: the batch (text columns in the header's order), the header, and the
+    rows joined by ``\\x1f`` (what the raw hashes are made from)."""
 
-    __slots__ = ("batch", "header")
+    __slots__ = ("batch", "header", "joined")
 
-    def __init__(self, batch: Any, header: list[str]) -> None:
+    def __init__(self, batch: Any, header: list[str], joined: Any) -> None:
         self.batch = batch
         self.header = header
+        self.joined = joined
 
 
 def taken(rows: ArrowRows, indices: list[int]) -> Iterator[dict[str, Any]]:

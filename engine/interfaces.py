@@ -217,8 +217,9 @@ class ReadsRows(Protocol):
 
 
 ColumnBlock = tuple[list[str], Any]
-"""Rows as :class:`ReadsColumns` hands them out beside :data:`RowBlock` s: a header and a
-``pyarrow.RecordBatch`` of as many text columns, in the header's order (the ``arrow`` extra)."""
+"""Rows as :class:`ReadsColumns` hands them out beside :data:`RowBlock` s: a header and an
+:class:`engine.arrow_read.ArrowRows` (a ``pyarrow.RecordBatch`` of as many text columns, in the header's
+order, and its rows joined; the ``arrow`` extra)."""
 
 
 @runtime_checkable

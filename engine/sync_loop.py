@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, cast
 
 from engine import arrow_read
@@ -365,7 +366,8 @@ class SyncLoop:
         if blocks is not None:
             for header, block in blocks:
                 if arrow_read.is_batch(block):
-                    rows: Any = block
+                    payload = cast(arrow_read.ArrowRows, block)
+                    rows: Any = payload.batch
                     # Columns from Arrow: keys and raw hashes come a batch at a time, rows become dicts only
                     # when they are to be mapped (in drain, a batch's rows at once).
                     if column not in header:
@@ -375,9 +377,23 @@ class SyncLoop:
                             yield as_dict
                         continue
                     at = header.index(column)
-                    hashes = arrow_read.row_hashes(rows, skip.keyed_hash(header), skip.row_hasher(header))
-                    payload = arrow_read.ArrowRows(rows, header)
-                    for i, key in enumerate(rows.column(at).to_pylist()):
+                    hashes = arrow_read.row_hashes(payload, skip.keyed_hash(header), skip.row_hasher(header))
+                    keys = rows.column(at).to_pylist()
+                    if "" not in keys:
+                        # Every row has a key: the batch goes into the buffer a slice at a time (a dict update in
+                        # C; a key already there keeps its place and takes the later row, as row by row).
+                        n, i = len(keys), 0
+                        while i < n:
+                            j = min(n, i + size - len(buffer))
+                            held = len(buffer)
+                            buffer.update(zip(keys[i:j], zip(hashes[i:j], range(i, j), repeat(payload)), strict=True))
+                            self.sifted += (j - i) - (len(buffer) - held)  # rows replaced by a later row of their key
+                            total += j - i
+                            i = j
+                            if len(buffer) >= size:
+                                yield from full()
+                        continue
+                    for i, key in enumerate(keys):
                         total += 1
                         if key:
                             if key in buffer:

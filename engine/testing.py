@@ -244,7 +244,7 @@ def _zipped(blocks: Iterator[RowBlock | ColumnBlock]) -> Iterator[dict[str, Any]
     """The records of a :class:`~engine.interfaces.ReadsRows` (or ``ReadsColumns``) read, as the engine makes them."""
     for header, block in blocks:
         if arrow_read.is_batch(block):
-            batch: Any = block
+            batch: Any = block.batch  # type: ignore[union-attr]
             if batch.num_columns != len(header):
                 raise AssertionError(f"read_columns() gave {batch.num_columns} columns under a header of {len(header)}")
             yield from arrow_read.records(header, batch)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import apply_json, counts, rows, syncengine
+from test_raw_skip import pipeline as raw_skip_pipeline
 
 from engine import arrow_read
 from engine.adapters import register_builtins
@@ -43,7 +44,7 @@ def read_both(path: Path, **config: Any) -> tuple[list[Any], list[Any], CsvStrea
     by_columns = []
     for header, block in stream.read_columns(None):
         if arrow_read.is_batch(block):
-            got = list(arrow_read.records(header, block))
+            got = list(arrow_read.records(header, block.batch))
             by_columns.extend(got)
             # The raw hashes made from the columns are the row path's own.
             hasher = SKIP.row_hasher(header)
@@ -144,28 +145,8 @@ def test_text_that_is_not_utf8_deep_in_the_file_is_named_as_without_arrow(tmp_pa
 # --- a sync, with the columnar read and without ----------------------------------------------------
 
 def pipeline(folder: Path, arrow: bool) -> Path:
-    path = folder / "p.yml"
-    path.write_text(f"""\
-version: 1
-sources:
-  files: {{type: csv, path: in.csv}}
-destinations:
-  db: {{type: sqlite, path: out.db}}
-syncs:
-  loads:
-    source: files
-    destination: {{name: db, table: loads, create_table: true}}
-    key: id
-    mode: mirror
-    scope: snapshot
-    arrow: {str(arrow).lower()}
-    mapping:
-      fields:
-        id: "{{{{ record.id }}}}"
-        name: "{{{{ record.name | trim | upper }}}}"
-        cents: "{{{{ record.amount | cents }}}}"
-""", encoding="utf-8")
-    return path
+    """tests/test_raw_skip.py's pipeline (CSV to SQLite, a pure mapping), with the read chosen."""
+    return raw_skip_pipeline(folder, sync_extra=f"    arrow: {str(arrow).lower()}\n")
 
 
 def run(path: Path) -> dict[str, Any]:

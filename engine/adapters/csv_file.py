@@ -139,9 +139,9 @@ class CsvStream(LocalFilesStream):
                 return
         given = 0
         try:
-            for batch in arrow_read.batches(path, delimiter=config.delimiter, width=len(header),
-                                            has_header=not config.header, quotechar=config.quotechar):
-                yield header, batch
+            for batch, joined in arrow_read.batches(path, delimiter=config.delimiter, width=len(header),
+                                                    has_header=not config.header, quotechar=config.quotechar):
+                yield header, arrow_read.ArrowRows(batch, header, joined)
                 given += batch.num_rows
                 self.arrow_rows += batch.num_rows
         except Exception as exc:

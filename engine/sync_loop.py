@@ -327,7 +327,7 @@ class SyncLoop:
         report = self.report
         column = skip.column
         size = self.size
-        # key -> (raw hash, the record; or the row and its header; or its place and (Arrow batch, header))
+        # key -> (raw hash, the record; or the row and its header; or its place in an arrow_read.ArrowRows and that)
         buffer: dict[str, tuple[bytes, Any, Any]] = {}
         progress = self.options.progress
         # A full refresh maps and sends everything, and a first load has nothing to compare with; both keep the

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from engine import arrow_read
 from engine.adapters.local_files import LocalFilesSource, LocalFilesStream
@@ -96,7 +96,7 @@ class CsvStream(LocalFilesStream):
     def read_file(self, path: Path) -> Iterator[dict[str, Any] | RecordError]:
         """The rows of one file."""
         try:
-            with path.open("r", encoding=self.config.encoding, newline="") as handle:
+            with self.opened(path) as handle:
                 yield from read_csv(handle, self.config, path.name)
         except UnicodeDecodeError as exc:
             raise self.undecodable(path, exc) from exc
@@ -105,7 +105,7 @@ class CsvStream(LocalFilesStream):
         """Each file's header and rows as lists (the :class:`~engine.interfaces.ReadsRows` capability)."""
         for path in self.files:
             try:
-                with path.open("r", encoding=self.config.encoding, newline="") as handle:
+                with self.opened(path) as handle:
                     block = csv_rows(handle, self.config, path.name)
                     if block is not None:
                         yield block[0], self.decoded(path, block[1])
@@ -157,8 +157,8 @@ class CsvStream(LocalFilesStream):
             return
         self.columnar[path.name] = None
 
-    def opened(self, path: Path) -> Any:
-        """The file opened as text for the Python reader."""
+    def opened(self, path: Path) -> TextIO:
+        """The file opened as text for the Python reader (every read of it opens it so)."""
         return path.open("r", encoding=self.config.encoding, newline="")
 
     def decoded(self, path: Path, rows: Iterator[list[str] | RecordError]) -> Iterator[list[str] | RecordError]:
